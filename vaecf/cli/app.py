@@ -1,0 +1,24 @@
+"""Entry point of ``vaecf``, ``python -m vaecf`` and ``python cli.py``."""
+
+from __future__ import annotations
+
+import sys
+
+from vaecf.cli import prepare as _prepare  # noqa: F401  (registers its commands)
+from vaecf.cli.common import app
+from vaecf.errors import VaecfError
+
+
+def main() -> None:
+    """Run the app; a VaecfError becomes one red line on stderr and exit code 2."""
+    try:
+        app()
+    except VaecfError as error:
+        from rich.console import Console
+        from rich.text import Text
+
+        # Text, not markup: messages quote user values that may contain [brackets].
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            Text.assemble(("error: ", "bold red"), str(error))
+        )
+        sys.exit(2)

@@ -1,0 +1,47 @@
+"""The Typer apps and what every command shares: the --config option and error handling.
+
+Commands live one per module (``vaecf/cli/<command>.py``) and register on these apps; they
+import the library inside the command body so ``vaecf --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="vaecf",
+    help="Train and serve Mult-VAE recommenders (Variational Autoencoders for Collaborative "
+    "Filtering) from any user-item interaction file.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+bench_app = typer.Typer(
+    help="Benchmarks that print throughput numbers (prepare, train, inference).",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="TOML settings file (default: ./settings.toml if present). Precedence: flag > "
+        "environment VAECF_<SECTION>__<KEY> > this file > built-in defaults.",
+        show_default=False,
+        dir_okay=False,
+    ),
+]
+BackendOption = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="Array backend: auto (GPU when CuPy finds one, else CPU), cpu, or gpu.",
+        show_default="auto",
+    ),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]

@@ -1,0 +1,98 @@
+"""``vaecf prepare`` and ``vaecf bench prepare``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vaecf.cli.common import BackendOption, ConfigOption, QuietOption, app
+
+HELP = """Turn interaction files into a dataset directory: filter, split users into train /
+validation / test (strong generalization), and write CSR shards.
+
+Example: [bold]vaecf prepare ratings.csv --user-col userId --item-col movieId
+--rating-col rating --min-rating 3.5 --out data/[/]"""
+
+
+@app.command(help=HELP)
+def prepare(
+    files: Annotated[
+        list[str] | None,
+        typer.Argument(help="Input files or globs: CSV/TSV/any separator (.gz too) or Parquet.",
+                       show_default=False),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write.",
+                                      file_okay=False)] = ...,
+    example: Annotated[
+        str | None,
+        typer.Option("--example", help="Use a bundled dataset instead of FILES: "
+                     "movielens-small (MovieLens latest-small, ratings >= 3.5 are positive)."),
+    ] = None,
+    user_col: Annotated[str | None, typer.Option(
+        help="User id column: a name, or a 0-based position.", show_default="userId")] = None,
+    item_col: Annotated[str | None, typer.Option(
+        help="Item id column: a name, or a 0-based position.", show_default="movieId")] = None,
+    rating_col: Annotated[str | None, typer.Option(
+        help="Rating column (name or position); needed for --min-rating.")] = None,
+    min_rating: Annotated[float | None, typer.Option(
+        help="Keep interactions with rating >= this value.")] = None,
+    sep: Annotated[str | None, typer.Option(
+        help="Field separator (any string, e.g. ',' '\\t' '::'); default: from the file "
+        "extension, else sniffed from the first line.")] = None,
+    header: Annotated[bool | None, typer.Option(
+        "--header/--no-header", help="Whether CSV files start with a header line.",
+        show_default="header")] = None,
+    val_users: Annotated[float | None, typer.Option(
+        help="Validation users: a count (>= 1) or a fraction of users (< 1, capped at "
+        "[prepare] max_heldout_users = 10,000).", show_default="0.1")] = None,
+    test_users: Annotated[float | None, typer.Option(
+        help="Test users: a count or a fraction, as --val-users.", show_default="0.1")] = None,
+    holdout_fraction: Annotated[float | None, typer.Option(
+        help="Share of each held-out user's items that become targets; the rest are fed in.",
+        show_default="0.2")] = None,
+    min_user_interactions: Annotated[int | None, typer.Option(
+        help="Drop users with fewer kept interactions.", show_default="5")] = None,
+    min_item_interactions: Annotated[int | None, typer.Option(
+        help="Drop items with fewer kept interactions.", show_default="1")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed of the split hash.", show_default="0")] = None,
+    shards: Annotated[int | None, typer.Option(
+        help="Number of row shards of the training matrix (one per distributed rank "
+        "is natural; any count works).", show_default="1")] = None,
+    backend: BackendOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
+    config: ConfigOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    from vaecf.backend import select_backend
+    from vaecf.errors import VaecfError
+    from vaecf.prepare import EXAMPLES, prepare as run_prepare
+    from vaecf.progress import console
+    from vaecf.settings import load_settings
+    from vaecf.summary import dataset_table
+
+    flags = dict(user_col=user_col, item_col=item_col, rating_col=rating_col,
+                 min_rating=min_rating, sep=sep, header=header, val_users=val_users,
+                 test_users=test_users, holdout_fraction=holdout_fraction,
+                 min_user_interactions=min_user_interactions,
+                 min_item_interactions=min_item_interactions, seed=seed, shards=shards,
+                 backend=backend)
+    if example is not None:
+        if files:
+            raise VaecfError("give either FILES or --example, not both")
+        if example not in EXAMPLES:
+            raise VaecfError(f"--example: unknown dataset {example!r} "
+                             f"(available: {', '.join(EXAMPLES)})")
+        path, example_flags = EXAMPLES[example]
+        files = [str(path)]
+        flags = {**example_flags, **{k: v for k, v in flags.items() if v is not None}}
+    if not files:
+        raise VaecfError("no input: give FILES or --example movielens-small")
+    cfg = load_settings(config, prepare=flags).prepare
+    chosen = select_backend(cfg.backend, say=None if quiet else lambda line: console.print(
+        line, markup=False, highlight=False))
+    meta = run_prepare(files, out, cfg, chosen, force=force, quiet=quiet)
+    if not quiet:
+        console.print(dataset_table(meta, out))

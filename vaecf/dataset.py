@@ -1,0 +1,172 @@
+"""The dataset directory format (version 1), written by ``prepare`` and read by every later stage.
+
+::
+
+    meta.json                          format, version, sources (sha256), columns, filters,
+                                       seed, counts per split, matrices (shape, nnz, files, sha256)
+    items.parquet                      item_id: column j of every matrix -> original item id
+    users.parquet                      user_id, split (train|validation|test), row in its matrix
+    train-00000-of-0000N.indptr.npy    int64, rows + 1   } training users, row shard k of N
+    train-00000-of-0000N.indices.npy   int32, nnz        } (contiguous blocks of users)
+    validation-foldin.*.npy / validation-target.*.npy     held-out users' fold-in and targets
+    test-foldin.*.npy / test-target.*.npy
+
+Matrices are binary CSR with sorted column indices; values are implicitly 1. Plain ``.npy``
+files keep the output byte-identical across runs and backends and can be memory-mapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vaecf.errors import VaecfError
+from vaecf.split import Csr
+
+FORMAT = "vaecf-dataset"
+VERSION = 1
+HELDOUT_SPLITS = ("validation", "test")
+
+
+def shard_name(k: int, n: int) -> str:
+    """File stem of training shard k of n."""
+    return f"train-{k:05d}-of-{n:05d}"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_csr(directory: Path, stem: str, csr: Csr) -> dict[str, Any]:
+    """Write one CSR matrix as two .npy files; returns its meta.json entry."""
+    entry: dict[str, Any] = {"rows": csr.shape[0], "cols": csr.shape[1],
+                             "nnz": int(csr.indices.shape[0]), "files": {}}
+    for part in ("indptr", "indices"):
+        path = directory / f"{stem}.{part}.npy"
+        np.save(path, np.ascontiguousarray(getattr(csr, part)), allow_pickle=False)
+        entry["files"][part] = {"name": path.name, "sha256": _sha256(path)}
+    return entry
+
+
+def write_table(path: Path, columns: dict[str, Any]) -> None:
+    """Write a small Parquet table deterministically (no pandas metadata, no timestamps)."""
+    pq.write_table(pa.table(columns), path, compression="zstd", store_schema=False)
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    """meta.json, keys sorted, so equal content gives equal bytes."""
+    text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    (directory / "meta.json").write_text(text, encoding="utf-8")
+
+
+@dataclass
+class Dataset:
+    """A prepared dataset directory, opened lazily.
+
+    Attributes:
+        path: the directory.
+        meta: the parsed meta.json.
+    """
+
+    path: Path
+    meta: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: Path | str) -> Dataset:
+        """Open and validate a dataset directory; VaecfError if it is not one we can read."""
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not path.is_dir():
+            raise VaecfError(f"dataset directory not found: {path}")
+        if not meta_path.is_file():
+            raise VaecfError(f"{path} is not a vaecf dataset (no meta.json; run `vaecf prepare`)")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise VaecfError(f"{meta_path}: not valid JSON ({error})") from None
+        if meta.get("format") != FORMAT:
+            raise VaecfError(f"{path} is not a vaecf dataset (meta.json format is "
+                             f"{meta.get('format')!r})")
+        if meta.get("version") != VERSION:
+            raise VaecfError(f"{path}: dataset format version {meta.get('version')!r} is not "
+                             f"supported (this vaecf reads version {VERSION}); re-run prepare")
+        return cls(path, meta)
+
+    @property
+    def n_items(self) -> int:
+        """Number of items (columns of every matrix)."""
+        return int(self.meta["counts"]["items"])
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of meta.json, which itself holds the sha256 of every array file."""
+        return _sha256(self.path / "meta.json")
+
+    @cached_property
+    def item_ids(self) -> pa.Array:
+        """Original item id of each column, shape (n_items,)."""
+        return pq.read_table(self.path / "items.parquet")["item_id"].combine_chunks()
+
+    @cached_property
+    def users(self) -> pa.Table:
+        """user_id, split, row for every kept user."""
+        return pq.read_table(self.path / "users.parquet")
+
+    def _load(self, name: str, mmap: bool = True):
+        """One matrix from meta['matrices'][name] as scipy.sparse.csr_matrix (float32 ones)."""
+        import scipy.sparse
+
+        entry = self.meta["matrices"][name]
+        mode = "r" if mmap else None
+        indptr = np.load(self.path / entry["files"]["indptr"]["name"], mmap_mode=mode)
+        indices = np.load(self.path / entry["files"]["indices"]["name"], mmap_mode=mode)
+        data = np.ones(indices.shape[0], dtype=np.float32)
+        return scipy.sparse.csr_matrix(
+            (data, np.asarray(indices), np.asarray(indptr)), shape=(entry["rows"], entry["cols"])
+        )
+
+    @property
+    def shard_names(self) -> list[str]:
+        """Training shard names in row order."""
+        return list(self.meta["train_shards"])
+
+    def train_matrix(self):
+        """All training users, shape (n_train_users, n_items), as one CSR matrix."""
+        import scipy.sparse
+
+        return scipy.sparse.vstack([self._load(name) for name in self.shard_names], format="csr")
+
+    def train_rows_for_rank(self, rank: int, world: int):
+        """The training rows rank ``rank`` of ``world`` owns: a contiguous, balanced block of
+        users, read only from the shards that overlap it (any shard count vs any rank count).
+
+        Returns:
+            scipy.sparse.csr_matrix, shape (~n_train_users / world, n_items).
+        """
+        import scipy.sparse
+
+        sizes = [self.meta["matrices"][name]["rows"] for name in self.shard_names]
+        bounds = np.cumsum([0, *sizes])
+        total = int(bounds[-1])
+        start, stop = total * rank // world, total * (rank + 1) // world
+        parts = []
+        for k, name in enumerate(self.shard_names):
+            lo, hi = max(start, bounds[k]), min(stop, bounds[k + 1])
+            if lo < hi:
+                parts.append(self._load(name)[lo - bounds[k]: hi - bounds[k]])
+        return scipy.sparse.vstack(parts, format="csr")
+
+    def heldout(self, split: str):
+        """(fold-in, targets) CSR matrices of the validation or test users, same row order,
+        each of shape (n_split_users, n_items)."""
+        if split not in HELDOUT_SPLITS:
+            raise VaecfError(f"unknown split {split!r} (choose validation or test)")
+        return self._load(f"{split}-foldin"), self._load(f"{split}-target")

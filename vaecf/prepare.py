@@ -1,0 +1,226 @@
+"""``vaecf prepare``: interaction files -> a dataset directory (see :mod:`vaecf.dataset`).
+
+Read and encode ids on the dataframe side (pyarrow on CPU), then filter, split and build CSR
+matrices with the array backend's ``xp`` only, then write atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vaecf import __version__, split
+from vaecf.atomic import atomic_directory, check_target
+from vaecf.backend import Backend
+from vaecf.dataset import FORMAT, VERSION, shard_name, write_csr, write_meta, write_table
+from vaecf.errors import VaecfError
+from vaecf.ingest import ColumnSpec, Encoded, encode, expand_inputs, read_inputs, sha256_of
+from vaecf.progress import Steps
+from vaecf.settings import PrepareSettings
+
+BUNDLED = Path(__file__).parent / "data"
+EXAMPLES = {
+    # name -> (file, settings that read it the way the reference preprocessing does)
+    "movielens-small": (
+        BUNDLED / "movielens-small" / "ratings.csv",
+        {"user_col": "userId", "item_col": "movieId", "rating_col": "rating",
+         "min_rating": 3.5, "sep": ",", "header": True},
+    ),
+}
+
+
+@dataclass
+class Splits:
+    """The split, as backend arrays.
+
+    Attributes:
+        train: CSR of training users (rows: users in id order), columns = training items.
+        heldout: {"validation"|"test": (fold-in CSR, target CSR)}, same columns.
+        user_rows: {split name: int64 user codes in row order}.
+        item_codes: int64 codes (into Encoded.item_ids) of the training items, shape (n_items,).
+        stats: counts for meta.json and the summary.
+    """
+
+    train: split.Csr
+    heldout: dict[str, tuple[split.Csr, split.Csr]]
+    user_rows: dict[str, Any]
+    item_codes: Any
+    stats: dict[str, Any]
+
+
+def split_interactions(backend: Backend, enc: Encoded, cfg: PrepareSettings) -> Splits:
+    """Dedupe, filter and split encoded interactions with the backend's array module."""
+    xp = backend.xp
+    n_users, n_items = len(enc.user_ids), len(enc.item_ids)
+    users, items = split.dedupe(xp, backend.from_numpy(enc.users), backend.from_numpy(enc.items),
+                                n_items)
+    n_unique = int(users.shape[0])
+    keep = split.count_filter(xp, users, items, n_users, n_items,
+                              cfg.min_user_interactions, cfg.min_item_interactions)
+    users, items = users[keep], items[keep]
+    if users.shape[0] == 0:
+        raise VaecfError(
+            f"no interactions left after filtering (min_user_interactions="
+            f"{cfg.min_user_interactions}, min_item_interactions={cfg.min_item_interactions})"
+        )
+    users, user_used = split.compact(xp, users, n_users)
+    n_kept_users = int(user_used.sum())
+    per_user = xp.bincount(users, minlength=n_kept_users)
+    n_test = split.resolve_count(cfg.test_users, n_kept_users, cfg.max_heldout_users)
+    n_val = split.resolve_count(cfg.val_users, n_kept_users, cfg.max_heldout_users)
+    labels = split.assign_users(xp, per_user, cfg.seed, n_val, n_test)
+    pair_labels = labels[users]
+
+    is_train = pair_labels == split.TRAIN
+    train_items = xp.flatnonzero(xp.bincount(items[is_train], minlength=n_items) > 0)
+    column = xp.full(n_items, -1, dtype=xp.int64)
+    column[train_items] = xp.arange(train_items.shape[0])
+    cols = column[items]
+    n_cols = int(train_items.shape[0])
+    user_codes = xp.flatnonzero(user_used)  # kept user -> original code
+
+    def rows_of(mask: Any) -> tuple[Any, Any, Any]:
+        """Row numbers of the masked pairs' users (in id order) and the users themselves."""
+        members = xp.flatnonzero(xp.bincount(users[mask], minlength=n_kept_users) > 0)
+        row = xp.full(n_kept_users, -1, dtype=xp.int64)
+        row[members] = xp.arange(members.shape[0])
+        return row[users[mask]], members, int(members.shape[0])
+
+    rows, members, n_rows = rows_of(is_train)
+    train = split.to_csr(xp, rows, cols[is_train], n_rows, n_cols)
+    user_rows = {"train": user_codes[members]}
+    heldout: dict[str, tuple[split.Csr, split.Csr]] = {}
+    dropped_users = 0
+    for label, name in ((split.VALIDATION, "validation"), (split.TEST, "test")):
+        mask = (pair_labels == label) & (cols >= 0)
+        # Held-out users left with < 2 known items cannot give both fold-in and targets.
+        counts = xp.bincount(users[mask], minlength=n_kept_users)
+        mask &= counts[users] >= 2
+        dropped_users += int(((labels == label) & (counts < 2)).sum())
+        rows, members, n_rows = rows_of(mask)
+        target = split.target_mask(xp, rows, cols[mask], n_rows, cfg.seed, cfg.holdout_fraction)
+        heldout[name] = (
+            split.to_csr(xp, rows[~target], cols[mask][~target], n_rows, n_cols),
+            split.to_csr(xp, rows[target], cols[mask][target], n_rows, n_cols),
+        )
+        user_rows[name] = user_codes[members]
+
+    stats = {
+        "rows_read": enc.rows_read,
+        "rows_after_rating_filter": int(enc.users.shape[0]),
+        "unique_pairs": n_unique,
+        "pairs_after_count_filters": int(keep.sum()),
+        "users_after_filters": n_kept_users,
+        "heldout_users_dropped": dropped_users,
+        "items": n_cols,
+    }
+    return Splits(train, heldout, user_rows, train_items, stats)
+
+
+def _counts(csr: split.Csr) -> dict[str, int]:
+    return {"users": csr.shape[0], "interactions": int(csr.indices.shape[0])}
+
+
+def write_dataset(
+    directory: Path, splits: Splits, enc: Encoded, backend: Backend, cfg: PrepareSettings,
+    sources: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Write every file of the format into ``directory``; returns the meta dict."""
+    host = backend.to_numpy
+
+    def host_csr(csr: split.Csr) -> split.Csr:
+        return split.Csr(host(csr.indptr), host(csr.indices), csr.shape)
+
+    matrices: dict[str, Any] = {}
+    train = host_csr(splits.train)
+    bounds = np.linspace(0, train.shape[0], cfg.shards + 1).round().astype(np.int64)
+    shard_names = []
+    for k in range(cfg.shards):
+        lo, hi = int(bounds[k]), int(bounds[k + 1])
+        indptr = train.indptr[lo: hi + 1]
+        part = split.Csr(indptr - indptr[0], train.indices[indptr[0]: indptr[-1]],
+                         (hi - lo, train.shape[1]))
+        name = shard_name(k, cfg.shards)
+        matrices[name] = write_csr(directory, name, part)
+        shard_names.append(name)
+    for name, (foldin, target) in splits.heldout.items():
+        matrices[f"{name}-foldin"] = write_csr(directory, f"{name}-foldin", host_csr(foldin))
+        matrices[f"{name}-target"] = write_csr(directory, f"{name}-target", host_csr(target))
+
+    write_table(directory / "items.parquet",
+                {"item_id": enc.item_ids.take(host(splits.item_codes))})
+    user_ids, split_col, row_col = [], [], []
+    for name, codes in splits.user_rows.items():
+        codes = host(codes)
+        user_ids.append(enc.user_ids.take(codes))
+        split_col += [name] * len(codes)
+        row_col.append(np.arange(len(codes), dtype=np.int64))
+    import pyarrow as pa
+
+    write_table(directory / "users.parquet", {
+        "user_id": pa.concat_arrays(user_ids),
+        "split": pa.array(split_col, pa.string()),
+        "row": np.concatenate(row_col),
+    })
+
+    counts: dict[str, Any] = {"items": train.shape[1], "train": _counts(train)}
+    for name, (foldin, target) in splits.heldout.items():
+        counts[name] = {"users": foldin.shape[0],
+                        "foldin_interactions": int(foldin.indices.shape[0]),
+                        "target_interactions": int(target.indices.shape[0])}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "created_by": f"vaecf {__version__}",
+        "sources": sources,
+        "columns": {"user": cfg.user_col, "item": cfg.item_col, "rating": cfg.rating_col,
+                    "sep": cfg.sep, "header": cfg.header,
+                    "user_id_type": str(enc.user_ids.type), "item_id_type": str(enc.item_ids.type)},
+        "filters": {"min_rating": cfg.min_rating,
+                    "min_user_interactions": cfg.min_user_interactions,
+                    "min_item_interactions": cfg.min_item_interactions},
+        "split": {"seed": cfg.seed, "holdout_fraction": cfg.holdout_fraction,
+                  "val_users": cfg.val_users, "test_users": cfg.test_users,
+                  "max_heldout_users": cfg.max_heldout_users},
+        "stats": splits.stats,
+        "counts": counts,
+        "train_shards": shard_names,
+        "matrices": matrices,
+    }
+    write_meta(directory, meta)
+    return meta
+
+
+def prepare(
+    inputs: list[str], out: Path, cfg: PrepareSettings, backend: Backend,
+    force: bool = False, quiet: bool = False,
+) -> dict[str, Any]:
+    """Run the whole stage; returns the written meta.json content.
+
+    Raises:
+        VaecfError: bad input, named in one line; nothing is left behind.
+    """
+    check_target(out, force)
+    paths = expand_inputs(inputs)
+    spec = ColumnSpec(cfg.user_col, cfg.item_col, cfg.rating_col, cfg.sep, cfg.header)
+    if cfg.min_rating is not None and cfg.rating_col is None:
+        raise VaecfError("--min-rating needs --rating-col")
+    with Steps(quiet) as steps:
+        with steps.step(f"reading {len(paths)} file(s)", total=len(paths)) as advance:
+            sources = []
+            for path in paths:
+                sources.append({"path": str(path), "bytes": path.stat().st_size,
+                                "sha256": sha256_of(path)})
+                advance()
+            data = read_inputs(paths, spec)
+        with steps.step("encoding ids"):
+            enc = encode(data, cfg.min_rating)
+            del data
+        with steps.step(f"filtering and splitting ({backend.name})"):
+            splits = split_interactions(backend, enc, cfg)
+        with steps.step("writing dataset"), atomic_directory(out, force) as tmp:
+            meta = write_dataset(tmp, splits, enc, backend, cfg, sources)
+    return meta

@@ -1,0 +1,53 @@
+"""Rich progress for long library work, silent when asked; the library's only UI dependency."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+console = Console(stderr=True)
+
+
+class Steps:
+    """A list of named steps shown as a spinner line each, ticked off as they finish."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+            MofNCompleteColumn(), TimeElapsedColumn(), console=console, disable=quiet,
+            transient=False,
+        )
+
+    def __enter__(self) -> Steps:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(*exc)
+
+    @contextlib.contextmanager
+    def step(self, description: str, total: int = 1) -> Iterator[callable]:
+        """Show one step; yields ``advance(n=1)`` for steps with several units of work."""
+        task = self._progress.add_task(description, total=total)
+
+        def advance(n: int = 1) -> None:
+            self._progress.advance(task, n)
+
+        yield advance
+        self._progress.update(task, completed=total)
+
+    def say(self, line: str) -> None:
+        """One line of information above the bars."""
+        if not self.quiet:
+            self._progress.console.print(line, markup=False, highlight=False)

@@ -1,0 +1,154 @@
+"""All settings, in sections, loaded with one precedence.
+
+Precedence (highest first): command-line flag > environment ``VAECF_<SECTION>__<KEY>`` >
+``--config FILE`` (default ``./settings.toml`` when present) > the defaults below.
+``settings.toml`` at the repository root lists every key with a one-line comment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from vaecf.errors import VaecfError
+
+BackendChoice = Literal["auto", "cpu", "gpu"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PrepareSettings(_Section):
+    """``vaecf prepare``: reading, filtering and splitting an interaction file."""
+
+    user_col: str = "userId"
+    item_col: str = "movieId"
+    rating_col: str | None = None
+    min_rating: float | None = None
+    sep: str | None = None
+    header: bool = True
+    val_users: float = Field(0.1, gt=0)
+    test_users: float = Field(0.1, gt=0)
+    max_heldout_users: int = Field(10_000, ge=1)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    min_user_interactions: int = Field(5, ge=1)
+    min_item_interactions: int = Field(1, ge=1)
+    seed: int = Field(0, ge=0)
+    shards: int = Field(1, ge=1)
+    backend: BackendChoice = "auto"
+
+    @field_validator("val_users", "test_users")
+    @classmethod
+    def _count_or_fraction(cls, value: float) -> float:
+        if value >= 1 and value != int(value):
+            raise ValueError("must be a whole number of users (>= 1) or a fraction (< 1)")
+        return value
+
+
+class ModelSettings(_Section):
+    """The Mult-VAE architecture (Liang et al. 2018, section 2)."""
+
+    hidden: int = Field(600, ge=1)
+    latent: int = Field(200, ge=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    activation: Literal["tanh", "relu", "sigmoid", "elu", "selu"] = "tanh"
+
+
+class TrainSettings(_Section):
+    """``vaecf train``: optimisation schedule and runtime."""
+
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(500, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    anneal_cap: float = Field(0.2, ge=0)
+    anneal_steps: int | None = Field(None, ge=1)
+    validate_every: int = Field(1, ge=1)
+    patience: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0)
+    amp: bool = False
+    xla: bool = False
+    backend: BackendChoice = "auto"
+
+
+class EvaluateSettings(_Section):
+    """``vaecf test`` and validation during training."""
+
+    ks: list[int] = Field(default_factory=lambda: [20, 50, 100])
+    batch_size: int = Field(2048, ge=1)
+
+
+class Settings(BaseSettings):
+    """Every setting vaecf reads, one section per stage."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VAECF_", env_nested_delimiter="__", extra="forbid", toml_file=None
+    )
+
+    prepare: PrepareSettings = PrepareSettings()
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: flags (init kwargs) > environment > TOML file > defaults.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+DEFAULT_CONFIG = Path("settings.toml")
+
+
+def _describe(error: ValidationError, config: Path | None) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    value = first.get("input")
+    where = f" (from {config})" if config is not None else ""
+    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    return f"invalid setting {key}{shown}{where}: {first['msg']}"
+
+
+def load_settings(config: Path | None = None, **flags: dict[str, Any]) -> Settings:
+    """Build the effective settings.
+
+    Args:
+        config: a TOML file; ``None`` uses ``./settings.toml`` if it exists.
+        **flags: per-section dicts of values given on the command line, e.g.
+            ``train={"epochs": 5}``; keys whose value is ``None`` were not given and are dropped.
+
+    Raises:
+        VaecfError: a missing config file or a bad value, named in one line.
+    """
+    if config is None:
+        config = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+    elif not config.is_file():
+        raise VaecfError(f"--config: file not found: {config}")
+    given = {
+        section: {key: value for key, value in values.items() if value is not None}
+        for section, values in flags.items()
+    }
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=config)
+
+    try:
+        return _FromFile(**{section: values for section, values in given.items() if values})
+    except ValidationError as error:
+        raise VaecfError(_describe(error, config)) from None
+    except (OSError, ValueError) as error:  # unreadable or malformed TOML
+        raise VaecfError(f"--config {config}: {error}") from None
