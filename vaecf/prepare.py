@@ -113,7 +113,10 @@ def split_interactions(backend: Backend, enc: Encoded, cfg: PrepareSettings) -> 
         "rows_after_rating_filter": int(enc.users.shape[0]),
         "unique_pairs": n_unique,
         "pairs_after_count_filters": int(keep.sum()),
+        "users_read": n_users,
+        "items_read": n_items,
         "users_after_filters": n_kept_users,
+        "items_after_filters": int((xp.bincount(items, minlength=n_items) > 0).sum()),
         "heldout_users_dropped": dropped_users,
         "items": n_cols,
     }

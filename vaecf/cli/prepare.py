@@ -68,7 +68,8 @@ def prepare(
 ) -> None:
     from vaecf.backend import select_backend
     from vaecf.errors import VaecfError
-    from vaecf.prepare import EXAMPLES, prepare as run_prepare
+    from vaecf.prepare import EXAMPLES
+    from vaecf.prepare import prepare as run_prepare
     from vaecf.progress import console
     from vaecf.settings import load_settings
     from vaecf.summary import dataset_table

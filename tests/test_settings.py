@@ -1,0 +1,70 @@
+"""Settings precedence (flag > environment > file > default) and the shipped settings.toml."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import tomllib
+from conftest import ML_SMALL, ROOT
+
+from vaecf.errors import VaecfError
+from vaecf.settings import Settings, load_settings
+
+
+def test_precedence_flag_env_file_default(tmp_path, monkeypatch):
+    config = tmp_path / "s.toml"
+    config.write_text("[train]\nepochs = 11\nlr = 0.5\nbatch_size = 64\n")
+    monkeypatch.setenv("VAECF_TRAIN__EPOCHS", "22")
+    monkeypatch.setenv("VAECF_TRAIN__LR", "0.25")
+    s = load_settings(config, train={"epochs": 33, "lr": None})
+    assert s.train.epochs == 33  # flag beats env and file
+    assert s.train.lr == 0.25  # env beats file (flag not given)
+    assert s.train.batch_size == 64  # file beats default
+    assert s.train.anneal_cap == Settings().train.anneal_cap  # default
+
+
+def test_default_config_is_read_from_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("settings.toml").write_text("[prepare]\nseed = 7\n")
+    assert load_settings().prepare.seed == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[train]\nepochs = 'many'\n", "invalid setting train.epochs = 'many'"),
+        ("[train]\nepoch = 3\n", "invalid setting train.epoch"),
+        ("[train\n", "s.toml"),
+    ],
+)
+def test_bad_config_is_named(tmp_path, text, message):
+    config = tmp_path / "s.toml"
+    config.write_text(text)
+    with pytest.raises(VaecfError, match=re.escape(message)):
+        load_settings(config)
+
+
+def test_bad_env_value_is_named(monkeypatch):
+    monkeypatch.setenv("VAECF_PREPARE__SHARDS", "0")
+    with pytest.raises(VaecfError, match=r"invalid setting prepare.shards = '0'"):
+        load_settings()
+
+
+def test_env_reaches_the_cli(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("VAECF_PREPARE__SEED", "3")
+    assert cli("prepare", ML_SMALL, "--out", tmp_path / "d", "-q").code == 0
+    assert '"seed": 3' in (tmp_path / "d" / "meta.json").read_text()
+
+
+def test_shipped_settings_toml_lists_every_key_and_loads():
+    text = (ROOT / "settings.toml").read_text()
+    data = tomllib.loads(text)
+    # It states the defaults, so loading it changes nothing.
+    assert load_settings(ROOT / "settings.toml").model_dump() == Settings().model_dump()
+    for section, model in Settings.model_fields.items():
+        assert section in data, section
+        body = text.split(f"[{section}]", 1)[1].split("\n[", 1)[0]
+        for key in model.annotation.model_fields:
+            assert re.search(rf"^#? ?{key} = ", body, re.M), f"{section}.{key} missing"
