@@ -1,0 +1,152 @@
+"""Mult-VAE (Liang et al. 2018, "Variational Autoencoders for Collaborative Filtering", §2).
+
+Shapes: ``B`` users in a batch, ``I`` items, ``H`` hidden units, ``L`` latent dimensions.
+
+- Input: one row per user, L2-normalised, float32, either a ``tf.SparseTensor`` (B, I) (what
+  training uses: a user touches ~0.5% of the items, so the first layer is a sparse × dense
+  product costing 2·nnz·H FLOPs instead of 2·B·I·H) or a dense (B, I) tensor (what serving and
+  exported models may feed).
+- Training: dropout on the input's non-zeros, encoder I→H (activation)→2L split into (mu,
+  logvar), z = mu + eps·exp(logvar/2), decoder L→H (activation)→I.
+- Evaluation (``model(x)``, ``training=False``): no dropout, z = mu.
+- Logits are float32 whatever the dtype policy: under ``mixed_bfloat16``/``mixed_float16`` the
+  matmuls run in the low-precision compute dtype and the (B, I) logits are cast back, so the
+  log-softmax over thousands of items never loses precision.
+
+Randomness (dropout mask, reparameterisation noise) comes from stateless ops keyed by a
+``seed`` tensor of shape (2,) int32, so a training step is a pure function of (weights, batch,
+seed): a resumed run draws exactly the noise an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+# Bias initialisation of the reference implementation (dawenl/vae_cf): N(0, 0.001²), truncated.
+_BIAS_STDDEV = 0.001
+
+
+class SparseInputDense(keras.layers.Layer):
+    """``activation(x @ kernel + bias)`` where ``x`` may be a ``tf.SparseTensor``.
+
+    kernel: (n_in, units) float32 variable; the product runs in the layer's compute dtype.
+    """
+
+    def __init__(self, units: int, activation: str | None, seed: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.units = units
+        self.activation = keras.activations.get(activation)
+        self.seed = seed
+
+    def build(self, input_shape: tuple[int | None, int]) -> None:
+        self.kernel = self.add_weight(
+            name="kernel", shape=(input_shape[-1], self.units),
+            initializer=keras.initializers.GlorotUniform(seed=self.seed))
+        self.bias = self.add_weight(
+            name="bias", shape=(self.units,),
+            initializer=keras.initializers.TruncatedNormal(stddev=_BIAS_STDDEV, seed=self.seed))
+
+    def call(self, x):
+        kernel = tf.cast(self.kernel, self.compute_dtype)
+        if isinstance(x, tf.SparseTensor):
+            x = tf.SparseTensor(x.indices, tf.cast(x.values, self.compute_dtype), x.dense_shape)
+            h = tf.sparse.sparse_dense_matmul(x, kernel)
+        else:
+            h = tf.matmul(tf.cast(x, self.compute_dtype), kernel)
+        return self.activation(h + tf.cast(self.bias, self.compute_dtype))
+
+
+def _dense(units: int, activation: str | None, seed: int, name: str) -> keras.layers.Dense:
+    return keras.layers.Dense(
+        units, activation=activation, name=name,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        bias_initializer=keras.initializers.TruncatedNormal(stddev=_BIAS_STDDEV, seed=seed))
+
+
+class MultVAE(keras.Model):
+    """The Mult-VAE network; its variables exist as soon as it is constructed.
+
+    Args:
+        n_items: I, the number of items (input and output width).
+        hidden: H, width of the encoder's and the decoder's hidden layer.
+        latent: L, dimension of z.
+        dropout: probability of dropping each input non-zero during training.
+        activation: activation of the hidden layers (the paper uses tanh).
+        seed: seed of the weight initialisers (a different stream per layer).
+    """
+
+    def __init__(self, n_items: int, hidden: int = 600, latent: int = 200,
+                 dropout: float = 0.5, activation: str = "tanh", seed: int = 0,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.n_items, self.hidden, self.latent = n_items, hidden, latent
+        self.dropout, self.activation = dropout, activation
+        self.encoder_hidden = SparseInputDense(hidden, activation, seed, name="encoder_hidden")
+        self.encoder_out = _dense(2 * latent, None, seed + 1, "encoder_out")
+        self.decoder_hidden = _dense(hidden, activation, seed + 2, "decoder_hidden")
+        self.decoder_out = _dense(n_items, None, seed + 3, "decoder_out")
+        # Build eagerly so weights can be loaded/broadcast before the first batch.
+        self.encoder_hidden.build((None, n_items))
+        self.encoder_out.build((None, hidden))
+        self.decoder_hidden.build((None, latent))
+        self.decoder_out.build((None, hidden))
+        self.built = True
+
+    def encode(self, x, training: bool = False, seed=None):
+        """(mu, logvar), each float32 (B, L). ``seed`` (2,) int32 is required when training."""
+        if training and self.dropout > 0:
+            keep = 1.0 - self.dropout
+            if isinstance(x, tf.SparseTensor):
+                mask = tf.random.stateless_uniform(tf.shape(x.values), seed) < keep
+                x = tf.SparseTensor(x.indices, tf.where(mask, x.values / keep, 0.0),
+                                    x.dense_shape)
+            else:
+                x = tf.nn.experimental.stateless_dropout(x, self.dropout, seed)
+        h = self.encoder_hidden(x)
+        q = tf.cast(self.encoder_out(h), tf.float32)
+        return q[:, : self.latent], q[:, self.latent:]
+
+    def decode(self, z):
+        """Float32 logits (B, I) from z (B, L)."""
+        return tf.cast(self.decoder_out(self.decoder_hidden(z)), tf.float32)
+
+    def forward(self, x, training: bool = False, seed=None):
+        """(logits float32 (B, I), mu (B, L), logvar (B, L)); z is sampled only when training."""
+        mu, logvar = self.encode(x, training, seed)
+        z = mu
+        if training:
+            noise_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+            eps = tf.random.stateless_normal(tf.shape(mu), noise_seed)
+            z = mu + eps * tf.exp(0.5 * logvar)
+        return self.decode(z), mu, logvar
+
+    def call(self, x, training: bool = False):
+        """Evaluation forward: float32 logits (B, I) from an L2-normalised (B, I) input."""
+        return self.forward(x, training=False)[0]
+
+    def get_config(self) -> dict:
+        return {"n_items": self.n_items, "hidden": self.hidden, "latent": self.latent,
+                "dropout": self.dropout, "activation": self.activation}
+
+
+def kl_divergence(mu, logvar):
+    """Mean over users of KL(q(z|x) || N(0, I)) = ½ Σ_k (exp(logvar) + mu² − 1 − logvar);
+    float32 scalar."""
+    return tf.reduce_mean(
+        tf.reduce_sum(0.5 * (tf.exp(logvar) + tf.square(mu) - 1.0 - logvar), axis=1))
+
+
+def multinomial_nll(logits, x: tf.SparseTensor):
+    """−mean_u Σ_i x_ui · log_softmax(logits)_ui for a binary sparse x (B, I), float32.
+
+    Only the non-zeros are gathered: Σ_i x_ui·(logit_ui − lse_u) = Σ_{i∈x_u} logit_ui − n_u·lse_u.
+    """
+    logits = tf.cast(logits, tf.float32)
+    lse = tf.reduce_logsumexp(logits, axis=1)                       # (B,)
+    picked = tf.gather_nd(logits, x.indices) * x.values             # (nnz,)
+    rows = tf.cast(x.indices[:, 0], tf.int32)
+    batch = tf.shape(logits)[0]
+    per_user = (tf.math.unsorted_segment_sum(picked, rows, batch)
+                - tf.math.unsorted_segment_sum(x.values, rows, batch) * lse)
+    return -tf.reduce_mean(per_user)

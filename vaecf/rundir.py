@@ -1,0 +1,277 @@
+"""The run directory (format ``vaecf-run``, version 1): everything a trained model needs to be
+tested, served, benchmarked, exported or resumed, with no other input.
+
+::
+
+    run.json                  the commit point (see below); rewritten atomically after every
+                              checkpoint, so it always names a complete set of files
+    settings.json             the resolved Settings (every section) the run was started with
+    items.parquet             item_id: column j of the model's input/output -> original item id
+                              (a copy of the dataset's items.parquet)
+    best-<step>.weights.npz   model weights at the best validation NDCG@100 so far
+    ckpt-<step>.weights.npz   model weights at the last checkpoint (resume point)
+    ckpt-<step>.optimizer.npz optimizer variables (Adam moments, iteration count, loss scale)
+
+``run.json`` keys: ``format``, ``version``, ``created`` (UTC ISO time), ``versions``
+(vaecf, tensorflow, keras), ``dataset`` (``path`` absolute, ``fingerprint`` = the dataset's
+sha256, ``n_items``, ``train_users``), ``model`` (MultVAE constructor arguments), ``status``
+(``running`` | ``interrupted`` | ``complete`` | ``early-stopped``), ``progress`` (``epoch``:
+epochs finished, ``batch``: batches finished in the current epoch, ``step``: optimizer steps,
+``bad_validations``: validations since the last improvement, ``partial``: loss sums of the
+unfinished epoch), ``checkpoint`` (``weights``, ``optimizer`` file names, or null before the
+first one), ``best`` (``epoch``, ``step``, ``metrics``, ``weights`` file name, or null) and
+``history`` (one dict per finished epoch: epoch, step, loss, nll, kl, beta, users_per_s,
+seconds, and ``validation`` metrics when computed).
+
+Weight files are NumPy ``.npz`` archives holding arrays ``v000``, ``v001``, ... in the order of
+``model.weights`` (resp. ``optimizer.variables``) plus ``names`` (their variable paths), so they
+can be read without TensorFlow. Every file is written under a temporary name and renamed
+(``os.replace``); files named by step are never overwritten, and superseded ones are deleted
+only after the new ``run.json`` is in place, so a crash or Ctrl-C at any moment leaves a
+consistent run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vaecf.atomic import atomic_directory
+from vaecf.errors import VaecfError
+from vaecf.settings import Settings
+
+FORMAT = "vaecf-run"
+VERSION = 1
+RUN_JSON = "run.json"
+
+
+def _replace_atomically(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename the result onto ``path``."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """JSON, keys sorted, replaced atomically."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    _replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def save_variables(path: Path, variables: list[Any]) -> None:
+    """Variables' values as v000.. plus their ``names``, in one atomic .npz."""
+    arrays = {f"v{i:03d}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
+    arrays["names"] = np.array([v.path for v in variables])
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a handle: np.savez would append ".npz" to a name
+            np.savez(handle, **arrays)
+
+    _replace_atomically(path, write)
+
+
+def load_variables(path: Path, variables: list[Any]) -> None:
+    """Assign the values saved by :func:`save_variables` (same order and shapes) to variables."""
+    with np.load(path, allow_pickle=False) as saved:
+        count = sum(1 for key in saved.files if key.startswith("v"))
+        if count != len(variables):
+            raise VaecfError(f"{path}: holds {count} arrays, the model has {len(variables)}")
+        for i, variable in enumerate(variables):
+            value = saved[f"v{i:03d}"]
+            if tuple(value.shape) != tuple(variable.shape):
+                raise VaecfError(f"{path}: {variable.path} has shape {value.shape}, "
+                                 f"expected {tuple(variable.shape)}")
+            variable.assign(value)
+
+
+class RunDir:
+    """A run directory; :meth:`create` starts one, :meth:`open` reads an existing one."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+
+    # ---- creating and opening -------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: Path | str, settings: Settings, dataset: Any,
+               force: bool = False) -> RunDir:
+        """Write a fresh run directory (atomically) for training ``settings`` on ``dataset``
+        (a :class:`vaecf.dataset.Dataset`); refuses an existing ``path`` unless ``force``."""
+        import keras
+        import tensorflow as tf
+
+        from vaecf import __version__
+
+        path = Path(path)
+        m = settings.model
+        meta = {
+            "format": FORMAT, "version": VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": {"vaecf": __version__, "tensorflow": tf.__version__,
+                         "keras": keras.__version__},
+            "dataset": {"path": str(Path(dataset.path).resolve()),
+                        "fingerprint": dataset.fingerprint, "n_items": dataset.n_items,
+                        "train_users": int(dataset.meta["counts"]["train"]["users"])},
+            "model": {"n_items": dataset.n_items, "hidden": m.hidden, "latent": m.latent,
+                      "dropout": m.dropout, "activation": m.activation},
+            "status": "running",
+            "progress": {"epoch": 0, "batch": 0, "step": 0, "bad_validations": 0,
+                         "partial": None},
+            "checkpoint": None, "best": None, "history": [],
+        }
+        with atomic_directory(path, force) as tmp:
+            write_json(tmp / "settings.json", settings.model_dump(mode="json"))
+            shutil.copyfile(Path(dataset.path) / "items.parquet", tmp / "items.parquet")
+            write_json(tmp / RUN_JSON, meta)
+        return cls(path, meta)
+
+    @classmethod
+    def open(cls, path: Path | str) -> RunDir:
+        """Open and validate a run directory; VaecfError (one line) if it is not one."""
+        path = Path(path)
+        run_json = path / RUN_JSON
+        if not path.is_dir():
+            raise VaecfError(f"run directory not found: {path}")
+        if not run_json.is_file():
+            raise VaecfError(f"{path} is not a vaecf run directory (no {RUN_JSON}; "
+                             "made by `vaecf train`)")
+        try:
+            meta = json.loads(run_json.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise VaecfError(f"{run_json}: not valid JSON ({error})") from None
+        if meta.get("format") != FORMAT:
+            raise VaecfError(f"{path} is not a vaecf run directory (format "
+                             f"{meta.get('format')!r})")
+        if meta.get("version") != VERSION:
+            raise VaecfError(f"{path}: run format version {meta.get('version')!r} is not "
+                             f"supported (this vaecf reads version {VERSION})")
+        return cls(path, meta)
+
+    # ---- what the run is ------------------------------------------------------------------
+
+    @cached_property
+    def settings(self) -> Settings:
+        """The resolved settings the run was trained with (not re-read from env or files)."""
+        data = json.loads((self.path / "settings.json").read_text(encoding="utf-8"))
+        return Settings.model_validate(data)
+
+    @cached_property
+    def item_ids(self) -> pa.Array:
+        """Original item id of each model column, shape (n_items,)."""
+        return pq.read_table(self.path / "items.parquet")["item_id"].combine_chunks()
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        """sha256 fingerprint of the dataset the run was trained on."""
+        return self.meta["dataset"]["fingerprint"]
+
+    @property
+    def dataset_path(self) -> Path:
+        """Where that dataset was when training started (absolute)."""
+        return Path(self.meta["dataset"]["path"])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.meta["model"]["n_items"])
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per finished epoch (see the module docstring)."""
+        return self.meta["history"]
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """``{"epoch", "step", "metrics", "weights"}`` of the best validation, or None."""
+        return self.meta["best"]
+
+    @property
+    def status(self) -> str:
+        return self.meta["status"]
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        return self.meta["progress"]
+
+    # ---- models and checkpoints -----------------------------------------------------------
+
+    def build_model(self, seed: int = 0):
+        """A freshly initialised :class:`vaecf.model.MultVAE` of this run's shape."""
+        from vaecf.model import MultVAE
+
+        return MultVAE(**self.meta["model"], seed=seed)
+
+    def load_model(self, which: str = "best"):
+        """MultVAE with the ``best`` weights (or the ``last`` checkpoint's).
+
+        Falls back to the last checkpoint when no validation has run yet."""
+        entry = self.meta["best"] if which == "best" else None
+        name = entry["weights"] if entry else (self.meta["checkpoint"] or {}).get("weights")
+        if name is None:
+            raise VaecfError(f"{self.path}: no weights saved yet (training stopped before "
+                             "the first checkpoint)")
+        model = self.build_model()
+        load_variables(self.path / name, model.weights)
+        return model
+
+    def check_dataset(self, dataset: Any) -> None:
+        """Refuse a dataset other than the one this run was trained on."""
+        if dataset.fingerprint != self.dataset_fingerprint:
+            raise VaecfError(f"{dataset.path} is not the dataset run {self.path} was trained on "
+                             f"(fingerprint {dataset.fingerprint[:12]} != "
+                             f"{self.dataset_fingerprint[:12]})")
+
+    def _commit(self, meta: dict[str, Any], superseded: list[str | None]) -> None:
+        write_json(self.path / RUN_JSON, meta)
+        self.meta = meta
+        keep = {(meta["checkpoint"] or {}).get("weights"),
+                (meta["checkpoint"] or {}).get("optimizer"), (meta["best"] or {}).get("weights")}
+        for name in superseded:
+            if name and name not in keep:
+                (self.path / name).unlink(missing_ok=True)
+
+    def save_best(self, model: Any, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        """Keep ``model``'s current weights as the best ones."""
+        name = f"best-{step:08d}.weights.npz"
+        save_variables(self.path / name, model.weights)
+        old = (self.meta["best"] or {}).get("weights")
+        meta = {**self.meta, "best": {"epoch": epoch, "step": step, "metrics": metrics,
+                                      "weights": name}}
+        self._commit(meta, [old])
+
+    def save_checkpoint(self, model: Any, optimizer: Any, progress: dict[str, Any],
+                        history: list[dict[str, Any]], status: str) -> None:
+        """Save a resumable state: weights, optimizer variables, progress and history."""
+        step = progress["step"]
+        weights, opt = f"ckpt-{step:08d}.weights.npz", f"ckpt-{step:08d}.optimizer.npz"
+        save_variables(self.path / weights, model.weights)
+        save_variables(self.path / opt, optimizer.variables)
+        old = self.meta["checkpoint"] or {}
+        meta = {**self.meta, "progress": progress, "history": history, "status": status,
+                "checkpoint": {"weights": weights, "optimizer": opt}}
+        self._commit(meta, [old.get("weights"), old.get("optimizer")])
+
+    def set_status(self, status: str) -> None:
+        """Record how training ended without touching any weights."""
+        self._commit({**self.meta, "status": status}, [])
+
+    def load_checkpoint(self, model: Any, optimizer: Any) -> dict[str, Any]:
+        """Restore the last checkpoint into ``model`` and a built ``optimizer``; returns the
+        progress dict (a fresh run's when there is no checkpoint yet)."""
+        entry = self.meta["checkpoint"]
+        if entry is not None:
+            load_variables(self.path / entry["weights"], model.weights)
+            load_variables(self.path / entry["optimizer"], optimizer.variables)
+        return dict(self.meta["progress"])
