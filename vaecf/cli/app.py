@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from vaecf.cli import prepare as _prepare  # noqa: F401  (registers its commands)
+# Each command module registers its commands on import.
+from vaecf.cli import bench_prepare as _bench_prepare  # noqa: F401
+from vaecf.cli import prepare as _prepare  # noqa: F401
+from vaecf.cli import train as _train  # noqa: F401
 from vaecf.cli.common import app
 from vaecf.errors import VaecfError
 
