@@ -1,0 +1,92 @@
+"""``vaecf train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vaecf.cli.common import BackendOption, ConfigOption, QuietOption, app
+
+HELP = """Train a Mult-VAE on a dataset directory (from `vaecf prepare`) into a run directory:
+best weights by validation NDCG@100, optimizer state, settings, item map, metrics history.
+Ctrl-C saves a resumable checkpoint; --resume continues it.
+
+Example: [bold]vaecf train --data data/ --out runs/ml1m[/]"""
+
+
+@app.command(help=HELP)
+def train(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory.",
+                                       file_okay=False)] = ...,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.",
+                                      file_okay=False)] = ...,
+    epochs: Annotated[int | None, typer.Option(
+        help="Passes over the training users (with --resume: extend to this many).",
+        show_default="200")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Users per optimizer step (per rank); an epoch is split into near-equal "
+        "batches of at most this size.", show_default="500")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.",
+                                             show_default="0.001")] = None,
+    anneal_cap: Annotated[float | None, typer.Option(
+        help="Largest KL weight β.", show_default="0.2")] = None,
+    anneal_steps: Annotated[int | None, typer.Option(
+        help="β = min(step / anneal_steps, cap). Default: β reaches the cap halfway "
+        "through training.", show_default="auto")] = None,
+    dropout: Annotated[float | None, typer.Option(
+        help="Input dropout probability.", show_default="0.5")] = None,
+    hidden: Annotated[int | None, typer.Option(
+        help="Hidden layer width of encoder and decoder.", show_default="600")] = None,
+    latent: Annotated[int | None, typer.Option(
+        help="Latent dimension.", show_default="200")] = None,
+    validate_every: Annotated[int | None, typer.Option(
+        help="Validate every N epochs (and after the last).", show_default="1")] = None,
+    patience: Annotated[int | None, typer.Option(
+        help="Stop after N validations without a better NDCG@100.",
+        show_default="off")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(
+        help="Save a resumable checkpoint every N epochs (and at the end / Ctrl-C).",
+        show_default="10")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed of initialisation, shuffling and noise.", show_default="0")] = None,
+    amp: Annotated[bool | None, typer.Option(
+        "--amp/--no-amp", help="Mixed precision: float16 with loss scaling on GPU, bfloat16 on "
+        "a CPU that has it.", show_default="no-amp")] = None,
+    xla: Annotated[bool | None, typer.Option(
+        "--xla/--no-xla", help="Compile the training step with XLA.",
+        show_default="no-xla")] = None,
+    backend: BackendOption = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out from its last checkpoint, with its "
+        "own settings.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
+    log_json: Annotated[Path | None, typer.Option(
+        "--log-json", help="Append one JSON object per epoch to this file.",
+        dir_okay=False)] = None,
+    config: ConfigOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    from vaecf.backend import select_backend
+    from vaecf.errors import VaecfError
+    from vaecf.progress import console
+    from vaecf.settings import load_settings
+    from vaecf.train import train as run_train
+    from vaecf.train_view import summary_table
+
+    if resume and force:
+        raise VaecfError("give either --resume or --force, not both")
+    settings = load_settings(
+        config,
+        model=dict(hidden=hidden, latent=latent, dropout=dropout),
+        train=dict(epochs=epochs, batch_size=batch_size, lr=lr, anneal_cap=anneal_cap,
+                   anneal_steps=anneal_steps, validate_every=validate_every,
+                   patience=patience, checkpoint_every=checkpoint_every, seed=seed, amp=amp,
+                   xla=xla, backend=backend))
+    chosen = select_backend(settings.train.backend, say=None if quiet else lambda line:
+                            console.print(line, markup=False, highlight=False))
+    run = run_train(settings, data, out, chosen, resume=resume, force=force, quiet=quiet,
+                    log_json=log_json)
+    if run is not None and not quiet:
+        console.print(summary_table(run))
