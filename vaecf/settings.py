@@ -77,6 +77,7 @@ class TrainSettings(_Section):
     amp: bool = False
     xla: bool = False
     backend: BackendChoice = "auto"
+    checkpoint_every: int = Field(10, ge=1)
 
 
 class EvaluateSettings(_Section):
