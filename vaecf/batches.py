@@ -84,7 +84,8 @@ def tf_converter(backend: Backend) -> Callable[[Any], Any]:
     import tensorflow as tf
 
     if backend.name == "gpu":
-        return lambda array: tf.experimental.dlpack.from_dlpack(array.toDlpack())
+        # __dlpack__() gives the same capsule as CuPy 13's toDlpack(), deprecated in CuPy 14.
+        return lambda array: tf.experimental.dlpack.from_dlpack(array.__dlpack__())
     return tf.convert_to_tensor
 
 

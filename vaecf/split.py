@@ -19,6 +19,7 @@ Array = Any  # numpy.ndarray or cupy.ndarray
 TRAIN, VALIDATION, TEST, DROPPED = 0, 1, 2, -1
 SPLIT_NAMES = {TRAIN: "train", VALIDATION: "validation", TEST: "test"}
 _SALT_USERS, _SALT_ITEMS = 1, 2
+_MASK64 = (1 << 64) - 1
 
 
 def _mix(xp: ModuleType, x: Array) -> Array:
@@ -34,7 +35,9 @@ def hash64(xp: ModuleType, seed: int, salt: int, *keys: Array) -> Array:
     Returns:
         uint64 array of the keys' shape.
     """
-    h = _mix(xp, xp.full(keys[0].shape, seed * 0x9E3779B97F4A7C15 + salt, dtype=xp.uint64))
+    # Reduced mod 2**64 in Python: seed * golden ratio overflows uint64 from seed 2 on.
+    start = (seed * 0x9E3779B97F4A7C15 + salt) & _MASK64
+    h = _mix(xp, xp.full(keys[0].shape, start, dtype=xp.uint64))
     for key in keys:
         h = _mix(xp, h ^ key.astype(xp.uint64))
     return h
@@ -101,7 +104,8 @@ def assign_users(
             f"validation + {n_test} test users and at least 1 training user"
         )
     h = hash64(xp, seed, _SALT_USERS, eligible)
-    order = eligible[xp.lexsort(xp.stack([eligible, h]))]
+    # Both keys uint64: stacking int64 with uint64 would promote to float64 and round the hash.
+    order = eligible[xp.lexsort(xp.stack([eligible.astype(xp.uint64), h]))]
     labels = xp.zeros(n_users, dtype=xp.int8)
     labels[order[:n_test]] = TEST
     labels[order[n_test:wanted]] = VALIDATION
@@ -123,7 +127,8 @@ def target_mask(
     # The tiny epsilon keeps e.g. 0.29 * 100 = 28.999999999999996 from flooring to 28.
     n_targets = xp.floor(per_user * fraction + 1e-9).astype(xp.int64)
     n_targets = xp.minimum(xp.maximum(n_targets, 1), per_user - 1)
-    order = xp.lexsort(xp.stack([hash64(xp, seed, _SALT_ITEMS, users, items), users]))
+    order = xp.lexsort(xp.stack([hash64(xp, seed, _SALT_ITEMS, users, items),
+                                 users.astype(xp.uint64)]))
     starts = xp.cumsum(per_user) - per_user
     sorted_users = users[order]
     rank = xp.arange(users.shape[0]) - starts[sorted_users]

@@ -62,6 +62,14 @@ def prepare(
         help="Number of row shards of the training matrix (one per distributed rank "
         "is natural; any count works).", show_default="1")] = None,
     backend: BackendOption = None,
+    dask: Annotated[bool, typer.Option(
+        "--dask", help="Read, check and encode the files on a dask cluster, one partition per "
+        "file: pandas partitions on a local cluster of worker processes on CPU, cuDF ones on "
+        "dask-cuda's LocalCUDACluster with --backend gpu. Same dataset, byte for byte.")] = False,
+    scheduler: Annotated[str | None, typer.Option(
+        "--scheduler", help="Address of a running dask.distributed scheduler "
+        "(e.g. tcp://10.0.0.5:8786) to use instead of a local cluster; implies --dask.",
+        show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
     config: ConfigOption = None,
     quiet: QuietOption = False,
@@ -94,6 +102,7 @@ def prepare(
     cfg = load_settings(config, prepare=flags).prepare
     chosen = select_backend(cfg.backend, say=None if quiet else lambda line: console.print(
         line, markup=False, highlight=False))
-    meta = run_prepare(files, out, cfg, chosen, force=force, quiet=quiet)
+    meta = run_prepare(files, out, cfg, chosen, force=force, quiet=quiet, dask=dask,
+                       scheduler=scheduler)
     if not quiet:
         console.print(dataset_table(meta, out))

@@ -1,0 +1,217 @@
+"""The dataframe reader for ``--backend gpu`` (cuDF) and ``--dask`` partitions.
+
+It produces the same :class:`vaecf.ingest.Encoded` as the pyarrow reader: ids checked the same
+way (the same one-line errors, naming file, column and 1-based row), the same rating threshold,
+and codes into the *sorted* unique ids, so every later byte of the dataset is the same.
+
+It is written once over the pandas API subset that cuDF implements, taking the dataframe module
+``frames`` as an argument: ``cudf`` on a GPU, ``pandas`` on CPU. pandas is not only the test
+stand-in: the dask path runs these same functions on pandas partitions in CI. cuDF and
+dask-cuda are imported here (and in :mod:`vaecf.backend`) only, lazily.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import io
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vaecf.errors import VaecfError
+from vaecf.ingest import (
+    _UNIT_SEPARATOR,
+    PARQUET_SUFFIXES,
+    ColumnSpec,
+    Encoded,
+    _guess_sep,
+    _resolve,
+    _strip_gz,
+)
+
+Frame = Any  # pandas.DataFrame or cudf.DataFrame
+Series = Any  # pandas.Series or cudf.Series
+
+
+def frame_module(name: str) -> ModuleType:
+    """``"pandas"`` or ``"cudf"`` as a module; VaecfError when cuDF is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise VaecfError(f"{name} is not installed ({error}); pip install 'vaecf[gpu]'") from None
+
+
+def frames_for(backend_name: str) -> str:
+    """The dataframe module that feeds a backend: cuDF for ``gpu``, pandas for ``cpu``."""
+    return "cudf" if backend_name == "gpu" else "pandas"
+
+
+def local_cuda_cluster() -> Any:
+    """dask-cuda's LocalCUDACluster: one worker per visible GPU, on loopback."""
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as error:
+        raise VaecfError(f"--dask on GPU needs dask-cuda ({error}); pip install 'vaecf[gpu]'"
+                         ) from None
+    return LocalCUDACluster(ip="127.0.0.1", dashboard_address=None)
+
+
+def _first_true(mask: Series) -> int:
+    """1-based row of the first True in a boolean series (only called when there is one)."""
+    return int(np.asarray(mask.to_numpy()).argmax()) + 1
+
+
+def _value(column: Series, row: int) -> Any:
+    """The Python value at a 1-based row, for error messages (numpy scalars unwrapped)."""
+    value = column.iloc[row - 1]
+    return value.item() if hasattr(value, "item") else value
+
+
+def _read_csv(frames: ModuleType, path: Path, spec: ColumnSpec) -> Frame:
+    sep = spec.sep or _guess_sep(path)
+    source: Any = str(path)
+    compression = "gzip" if path.name.lower().endswith(".gz") else None
+    if len(sep) > 1:
+        # Neither cuDF nor pandas' C parser splits on "::"; swap in one byte, as the CPU reader.
+        opener = gzip.open if compression else open
+        with opener(path, "rb") as handle:
+            source = io.BytesIO(handle.read().replace(sep.encode(), _UNIT_SEPARATOR.encode()))
+        sep, compression = _UNIT_SEPARATOR, None
+    try:
+        # Only empty fields are missing: "NA" or "null" are valid string ids, as in pyarrow.
+        return frames.read_csv(source, sep=sep, header=0 if spec.header else None,
+                               compression=compression, keep_default_na=False, na_values=[""])
+    except Exception as error:  # pandas' EmptyDataError/ParserError, cuDF's RuntimeError
+        message = (str(error).splitlines() or [type(error).__name__])[0]
+        if "No columns to parse" in message or "empty" in message.lower():
+            raise VaecfError(f"{path}: the file is empty") from None
+        raise VaecfError(f"{path}: cannot parse as CSV with separator {sep!r}: {message}"
+                         ) from None
+
+
+def _read_table(frames: ModuleType, path: Path, spec: ColumnSpec) -> Frame:
+    if _strip_gz(path).endswith(PARQUET_SUFFIXES):
+        try:
+            return frames.read_parquet(str(path))
+        except Exception as error:
+            raise VaecfError(f"{path}: cannot read as Parquet: {error}") from None
+    return _read_csv(frames, path, spec)
+
+
+def check_ids(column: Series, path: Path, name: str) -> Series:
+    """Ids present and non-empty; integers (or integral floats) -> int64, else strings."""
+    missing = column.isna()
+    if missing.any():
+        raise VaecfError(f"{path}: column {name!r} row {_first_true(missing)}: missing id")
+    kind = np.dtype(column.dtype).kind if _is_numpy_dtype(column.dtype) else "O"
+    if kind in "iu":
+        return column.astype("int64")
+    if kind == "f":
+        as_int = column.astype("int64")
+        bad = as_int.astype(column.dtype) != column
+        if bad.any():
+            row = _first_true(bad)
+            value = _value(column, row)
+            raise VaecfError(f"{path}: column {name!r} row {row}: id {value!r} is not an integer")
+        return as_int
+    strings = column.astype("str")
+    empty = strings.str.strip() == ""
+    if empty.any():
+        raise VaecfError(f"{path}: column {name!r} row {_first_true(empty)}: empty id")
+    return strings
+
+
+def _is_numpy_dtype(dtype: Any) -> bool:
+    try:
+        return np.dtype(dtype).kind in "biuf"
+    except TypeError:  # pandas extension dtypes (e.g. pandas 3's str)
+        return False
+
+
+def check_ratings(frames: ModuleType, column: Series, path: Path, name: str) -> Series:
+    """Ratings must be numbers (float64 out); the first offending row is named."""
+    if _is_numpy_dtype(column.dtype) and np.dtype(column.dtype).kind in "iuf":
+        missing = column.isna()
+        if missing.any():
+            raise VaecfError(f"{path}: column {name!r} row {_first_true(missing)}: "
+                             "missing rating")
+        return column.astype("float64")
+    strings = column.astype("str").str.strip()
+    numbers = frames.to_numeric(strings, errors="coerce")
+    bad = numbers.isna()
+    if bad.any():
+        row = _first_true(bad)
+        raise VaecfError(f"{path}: column {name!r} row {row}: rating "
+                         f"{_value(column, row)!r} is not a number")
+    return numbers.astype("float64")
+
+
+def read_file(frames: ModuleType, path: Path, spec: ColumnSpec,
+              min_rating: float | None) -> Frame:
+    """One file's checked ids, with the rating threshold applied.
+
+    Returns:
+        a frame with columns ``user`` and ``item`` (int64 or string), and ``kept`` (bool, whether
+        the row passes the rating threshold; all True without one), one row per input row.
+    """
+    table = _read_table(frames, path, spec)
+    if len(table) == 0:
+        raise VaecfError(f"{path}: the file has no rows")
+    names = list(table.columns)
+    user = _resolve(spec.user, names, path, spec.header, "user")
+    item = _resolve(spec.item, names, path, spec.header, "item")
+    out = frames.DataFrame({"user": check_ids(table[user], path, str(user)),
+                            "item": check_ids(table[item], path, str(item))})
+    if spec.rating:
+        rating = _resolve(spec.rating, names, path, spec.header, "rating")
+        ratings = check_ratings(frames, table[rating], path, str(rating))
+        out["kept"] = ratings >= min_rating if min_rating is not None else ratings == ratings
+    else:
+        out["kept"] = True
+    return out
+
+
+def unify(frames: ModuleType, columns: list[Series]) -> Series:
+    """Concatenate id columns; if files disagree (int vs string), all become strings."""
+    if len({str(column.dtype) for column in columns}) > 1:
+        columns = [column.astype("str") for column in columns]
+    return frames.concat(columns, ignore_index=True)
+
+
+def sorted_uniques(column: Series) -> Series:
+    """Sorted distinct ids (byte order for strings, as pyarrow's sort)."""
+    return column.drop_duplicates().sort_values(ignore_index=True)
+
+
+def codes_into(uniques: Series, column: Series) -> Any:
+    """int64 codes of ``column`` into sorted ``uniques`` (numpy, or cupy for cuDF)."""
+    return uniques.searchsorted(column).astype("int64")
+
+
+def to_arrow(uniques: Series) -> pa.Array:
+    """Sorted ids as the pyarrow Array the CPU reader makes: int64 or string."""
+    array = uniques.to_arrow() if hasattr(uniques, "to_arrow") else pa.Array.from_pandas(uniques)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return array.cast(pa.int64() if pa.types.is_integer(array.type) else pa.string())
+
+
+def read_encoded(frames: ModuleType, paths: list[Path], spec: ColumnSpec,
+                 min_rating: float | None) -> Encoded:
+    """Read, check, threshold and factorize every input file in one process.
+
+    Returns:
+        Encoded whose code arrays are numpy (pandas) or cupy (cuDF) int64, shape (n,).
+    """
+    parts = [read_file(frames, path, spec, min_rating) for path in paths]
+    rows_read = sum(len(part) for part in parts)
+    kept = frames.concat([part["kept"] for part in parts], ignore_index=True)
+    users = unify(frames, [part["user"] for part in parts])[kept]
+    items = unify(frames, [part["item"] for part in parts])[kept]
+    user_ids, item_ids = sorted_uniques(users), sorted_uniques(items)
+    return Encoded(codes_into(user_ids, users), codes_into(item_ids, items),
+                   to_arrow(user_ids), to_arrow(item_ids), rows_read)
