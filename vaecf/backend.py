@@ -7,6 +7,7 @@ state and no ``if gpu:`` elsewhere. GPU libraries are imported here and only her
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -98,3 +99,22 @@ def select_backend(requested: BackendName, say: Any = None) -> Backend:
     if say is not None:
         say(f"backend auto: using CPU ({why})")
     return cpu_backend()
+
+
+def share_gpu_with_tensorflow(backend: Backend) -> None:
+    """Let TensorFlow and CuPy share the GPU; call before TensorFlow first touches a GPU.
+
+    TensorFlow's allocator reserves nearly all device memory at its first GPU op, after which
+    CuPy (batch slicing, normalisation, top-k, metrics) fails with out-of-memory. With memory
+    growth TF takes memory as it needs it, and CuPy's pool does the same beside it. A no-op on
+    the CPU backend, and when TF's devices already exist (Horovod's GPU pinning sets growth
+    itself).
+    """
+    if backend.name != "gpu":
+        return
+    import tensorflow as tf
+
+    for device in tf.config.list_physical_devices("GPU"):
+        # RuntimeError: devices already initialised; ValueError: hidden by rank pinning.
+        with contextlib.suppress(RuntimeError, ValueError):
+            tf.config.experimental.set_memory_growth(device, True)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from vaecf.backend import Backend
+from vaecf.backend import Backend, share_gpu_with_tensorflow
 from vaecf.batches import Batch, epoch_order, iterate, steps_per_epoch, to_backend_csr
 from vaecf.dataset import Dataset
 from vaecf.distributed import Comm, communicator
@@ -184,6 +184,7 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
     Returns the RunDir on the chief rank, None elsewhere. Raises VaecfError on bad input.
     """
     comm = comm or communicator()
+    share_gpu_with_tensorflow(backend)
     dataset = Dataset.open(data)
     chief = comm.is_chief
     view = TrainView(settings.train.epochs, quiet or not chief)
