@@ -5,7 +5,7 @@
 #   docker run --rm --gpus all --shm-size=8g -v "$PWD/work:/work" vaecf:gpu \
 #       prepare /work/ratings.csv --rating-col rating --min-rating 4 --backend gpu --out /work/ds
 #   docker run --rm --gpus all --shm-size=8g -v "$PWD/work:/work" vaecf:gpu \
-#       train /work/ds --gpus 8 --amp --out /work/run
+#       train --data /work/ds --gpus 8 --amp --out /work/run
 #
 # Not built on the development machines (they have no Docker engine); versions are pinned to
 # the combination DESIGN.md describes: TF 2.18 is the newest Horovod 0.28.1 compiles against,
