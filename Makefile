@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,dask]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[cpu,dev,dask]"
 	$(HOROVOD_ENV) $(BIN)/python -m pip install -q --no-build-isolation --no-cache-dir \
 		-c constraints.txt "horovod==0.28.1"
 	$(BIN)/python -c "import horovod.tensorflow as hvd; assert hvd.gloo_built()"

@@ -24,13 +24,13 @@ import pyarrow as pa
 
 from vaecf.errors import VaecfError
 from vaecf.ingest import (
-    _UNIT_SEPARATOR,
     PARQUET_SUFFIXES,
+    UNIT_SEPARATOR,
     ColumnSpec,
     Encoded,
-    _guess_sep,
-    _resolve,
-    _strip_gz,
+    guess_sep,
+    resolve_column,
+    strip_gz,
 )
 
 Frame = Any  # pandas.DataFrame or cudf.DataFrame
@@ -72,15 +72,15 @@ def _value(column: Series, row: int) -> Any:
 
 
 def _read_csv(frames: ModuleType, path: Path, spec: ColumnSpec) -> Frame:
-    sep = spec.sep or _guess_sep(path)
+    sep = spec.sep or guess_sep(path)
     source: Any = str(path)
     compression = "gzip" if path.name.lower().endswith(".gz") else None
     if len(sep) > 1:
         # Neither cuDF nor pandas' C parser splits on "::"; swap in one byte, as the CPU reader.
         opener = gzip.open if compression else open
         with opener(path, "rb") as handle:
-            source = io.BytesIO(handle.read().replace(sep.encode(), _UNIT_SEPARATOR.encode()))
-        sep, compression = _UNIT_SEPARATOR, None
+            source = io.BytesIO(handle.read().replace(sep.encode(), UNIT_SEPARATOR.encode()))
+        sep, compression = UNIT_SEPARATOR, None
     try:
         # Only empty fields are missing: "NA" or "null" are valid string ids, as in pyarrow.
         return frames.read_csv(source, sep=sep, header=0 if spec.header else None,
@@ -94,7 +94,7 @@ def _read_csv(frames: ModuleType, path: Path, spec: ColumnSpec) -> Frame:
 
 
 def _read_table(frames: ModuleType, path: Path, spec: ColumnSpec) -> Frame:
-    if _strip_gz(path).endswith(PARQUET_SUFFIXES):
+    if strip_gz(path).endswith(PARQUET_SUFFIXES):
         try:
             return frames.read_parquet(str(path))
         except Exception as error:
@@ -162,12 +162,12 @@ def read_file(frames: ModuleType, path: Path, spec: ColumnSpec,
     if len(table) == 0:
         raise VaecfError(f"{path}: the file has no rows")
     names = list(table.columns)
-    user = _resolve(spec.user, names, path, spec.header, "user")
-    item = _resolve(spec.item, names, path, spec.header, "item")
+    user = resolve_column(spec.user, names, path, spec.header, "user")
+    item = resolve_column(spec.item, names, path, spec.header, "item")
     out = frames.DataFrame({"user": check_ids(table[user], path, str(user)),
                             "item": check_ids(table[item], path, str(item))})
     if spec.rating:
-        rating = _resolve(spec.rating, names, path, spec.header, "rating")
+        rating = resolve_column(spec.rating, names, path, spec.header, "rating")
         ratings = check_ratings(frames, table[rating], path, str(rating))
         out["kept"] = ratings >= min_rating if min_rating is not None else ratings == ratings
     else:

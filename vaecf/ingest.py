@@ -26,7 +26,7 @@ from vaecf.errors import VaecfError
 PARQUET_SUFFIXES = (".parquet", ".pq")
 # Single-byte stand-in for multi-character separators such as MovieLens' "::", which
 # pyarrow's CSV parser cannot split on.
-_UNIT_SEPARATOR = "\x1f"
+UNIT_SEPARATOR = "\x1f"
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _strip_gz(path: Path) -> str:
+def strip_gz(path: Path) -> str:
     name = path.name.lower()
     return name[:-3] if name.endswith(".gz") else name
 
 
-def _guess_sep(path: Path) -> str:
+def guess_sep(path: Path) -> str:
     """Tab for .tsv/.tab, comma for .csv, else sniffed from the first line."""
-    name = _strip_gz(path)
+    name = strip_gz(path)
     if name.endswith((".tsv", ".tab")):
         return "\t"
     if name.endswith(".csv"):
@@ -99,7 +99,7 @@ def _guess_sep(path: Path) -> str:
     return " " if " " in first.strip() else ","
 
 
-def _resolve(spec_col: str, names: list[str], path: Path, header: bool, role: str) -> str:
+def resolve_column(spec_col: str, names: list[str], path: Path, header: bool, role: str) -> str:
     """Map a column given by name or 0-based position to the file's column name."""
     if header and spec_col in names:
         return spec_col
@@ -145,8 +145,8 @@ def _read_csv(path: Path, names: list[str] | None, wanted: list[str], sep: str) 
     source: Any = pa.input_stream(str(path), compression="detect")
     if len(sep) > 1:
         with source as stream:
-            data = stream.read().replace(sep.encode(), _UNIT_SEPARATOR.encode())
-        source, sep = pa.BufferReader(data), _UNIT_SEPARATOR
+            data = stream.read().replace(sep.encode(), UNIT_SEPARATOR.encode())
+        source, sep = pa.BufferReader(data), UNIT_SEPARATOR
     read = pacsv.ReadOptions(column_names=names, block_size=1 << 24)
     try:
         return pacsv.read_csv(source, read_options=read,
@@ -160,17 +160,17 @@ def _read_csv(path: Path, names: list[str] | None, wanted: list[str], sep: str) 
 def _read_table(path: Path, spec: ColumnSpec) -> tuple[pa.Table, list[str | None]]:
     """Read the user, item and rating columns; returns the table and their names in it."""
     roles = [("user", spec.user), ("item", spec.item), ("rating", spec.rating)]
-    if _strip_gz(path).endswith(PARQUET_SUFFIXES):
+    if strip_gz(path).endswith(PARQUET_SUFFIXES):
         try:
             names = pq.read_schema(path).names
         except (pa.ArrowInvalid, OSError) as error:
             raise VaecfError(f"{path}: cannot read as Parquet: {error}") from None
-        cols = [_resolve(c, names, path, True, r) if c else None for r, c in roles]
+        cols = [resolve_column(c, names, path, True, r) if c else None for r, c in roles]
         table = pq.read_table(path, columns=sorted({c for c in cols if c}))
         return table, cols
-    sep = spec.sep or _guess_sep(path)
+    sep = spec.sep or guess_sep(path)
     names = _csv_names(path, sep, spec.header)
-    cols = [_resolve(c, names, path, spec.header, r) if c else None for r, c in roles]
+    cols = [resolve_column(c, names, path, spec.header, r) if c else None for r, c in roles]
     wanted = sorted({c for c in cols if c})
     return _read_csv(path, None if spec.header else names, wanted, sep), cols
 
