@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -58,6 +59,19 @@ def train(
         "--xla/--no-xla", help="Compile the training step with XLA.",
         show_default="no-xla")] = None,
     backend: BackendOption = None,
+    np: Annotated[int | None, typer.Option(
+        "--np", help="Data-parallel training on N CPU processes (Horovod over Gloo). "
+        "--batch-size is per rank: the global batch is N times it.",
+        show_default="1")] = None,
+    gpus: Annotated[int | None, typer.Option(
+        "--gpus", help="Data-parallel training on N GPUs, one process each (Horovod, NCCL). "
+        "--batch-size is per rank.", show_default="off")] = None,
+    hosts: Annotated[str | None, typer.Option(
+        "--hosts", help="Spread the ranks over machines, HOST:SLOTS,... (e.g. a:8,b:8); "
+        "needs passwordless ssh and the same paths on every host.")] = None,
+    scale_lr: Annotated[bool, typer.Option(
+        "--scale-lr", help="Multiply --lr by the number of ranks (the linear scaling rule "
+        "for the N-times larger global batch); stored in the run's settings.")] = False,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --out from its last checkpoint, with its "
         "own settings.")] = False,
@@ -77,6 +91,9 @@ def train(
 
     if resume and force:
         raise VaecfError("give either --resume or --force, not both")
+    from vaecf.dataset import Dataset
+    from vaecf.launch import launch, launched_ranks, pin_rank_gpu, plan
+
     settings = load_settings(
         config,
         model=dict(hidden=hidden, latent=latent, dropout=dropout),
@@ -84,6 +101,16 @@ def train(
                    anneal_steps=anneal_steps, validate_every=validate_every,
                    patience=patience, checkpoint_every=checkpoint_every, seed=seed, amp=amp,
                    xla=xla, backend=backend))
+    job = plan(np, gpus, hosts)
+    if job is not None:   # this process only starts the ranks, which re-run this command
+        Dataset.open(data)   # fail once here rather than once per rank
+        launch(job, sys.argv[1:])
+        return
+    if scale_lr and not resume:   # a resumed run keeps its stored (already scaled) lr
+        lr = settings.train.lr * launched_ranks()
+        settings = settings.model_copy(update={"train": settings.train.model_copy(
+            update={"lr": lr})})
+    pin_rank_gpu()   # before CuPy or TensorFlow initialise CUDA
     chosen = select_backend(settings.train.backend, say=None if quiet else lambda line:
                             console.print(line, markup=False, highlight=False))
     run = run_train(settings, data, out, chosen, resume=resume, force=force, quiet=quiet,
