@@ -198,6 +198,36 @@ def input_columns(run: Any) -> ColumnSpec:
         return ColumnSpec(cfg.user_col, cfg.item_col, None, cfg.sep, cfg.header)
 
 
+def top_k_graph(model: Any, rows: Any, cols: Any, n_rows: Any, k: Any, exclude: Any):
+    """The scoring graph shared by :class:`Recommender` and the exported SavedModel.
+
+    Args:
+        model: a MultVAE.
+        rows, cols: int64 (nnz,) user row and model column of each known (user, item) pair,
+            without duplicates.
+        n_rows: int64 scalar, the number of users.
+        k: int32 scalar, items to keep per user (<= n_items).
+        exclude: bool scalar, whether the users' own items are excluded.
+    Returns:
+        (scores float32 (n_rows, k), columns int32 (n_rows, k)), best first; excluded items
+        that still land in the top k have score -inf.
+    """
+    import tensorflow as tf
+
+    # L2 normalisation of a binary row: every non-zero is 1/sqrt(row length).
+    lengths = tf.math.bincount(tf.cast(rows, tf.int32), minlength=tf.cast(n_rows, tf.int32),
+                               dtype=tf.float32)
+    values = tf.gather(tf.math.rsqrt(tf.maximum(lengths, 1.0)), rows)
+    indices = tf.stack([rows, cols], axis=1)
+    x = tf.SparseTensor(indices, values, tf.stack([n_rows, tf.constant(model.n_items, tf.int64)]))
+    logits = model(x, training=False)
+    # Exclusion as an element-wise min with -inf (or +inf, a no-op): unlike a tf.cond
+    # around tensor_scatter_nd_update it updates the (n_rows, n_items) logits in place.
+    fill = tf.where(exclude, tf.constant(-np.inf, tf.float32), tf.constant(np.inf, tf.float32))
+    logits = tf.tensor_scatter_nd_min(logits, indices, tf.fill(tf.shape(rows), fill))
+    return tf.math.top_k(logits, k)
+
+
 class Recommender:
     """A trained Mult-VAE plus its item map, scoring CSR rows of known items.
 
@@ -212,7 +242,7 @@ class Recommender:
         self.model = model
         self.item_map = item_map
         self._top_k = tf.function(
-            self._graph,
+            lambda *args: top_k_graph(model, *args),
             input_signature=[tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64),
                              tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int32),
                              tf.TensorSpec([], tf.bool)],
@@ -225,23 +255,6 @@ class Recommender:
 
         run = RunDir.open(path)
         return cls(run.load_model(), ItemMap(run.item_ids))
-
-    def _graph(self, rows, cols, n_rows, k, exclude):
-        """(scores float32 (n_rows, k), columns int32 (n_rows, k)) for the pairs (rows, cols)."""
-        import tensorflow as tf
-
-        # L2 normalisation of a binary row: every non-zero is 1/sqrt(row length).
-        lengths = tf.math.bincount(tf.cast(rows, tf.int32), minlength=tf.cast(n_rows, tf.int32),
-                                   dtype=tf.float32)
-        values = tf.gather(tf.math.rsqrt(tf.maximum(lengths, 1.0)), rows)
-        indices = tf.stack([rows, cols], axis=1)
-        x = tf.SparseTensor(indices, values, tf.stack([n_rows, self.item_map.n_items]))
-        logits = self.model(x, training=False)
-        # Exclusion as an element-wise min with -inf (or +inf, a no-op): unlike a tf.cond
-        # around tensor_scatter_nd_update it updates the (n_rows, n_items) logits in place.
-        fill = tf.where(exclude, tf.constant(-np.inf, tf.float32), tf.constant(np.inf, tf.float32))
-        logits = tf.tensor_scatter_nd_min(logits, indices, tf.fill(tf.shape(rows), fill))
-        return tf.math.top_k(logits, k)
 
     def top_k(self, seen: scipy.sparse.csr_matrix, k: int,
               exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
