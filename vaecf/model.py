@@ -88,6 +88,9 @@ class MultVAE(keras.Model):
         super().__init__(dtype=dtype, **kwargs)
         self.n_items, self.hidden, self.latent = n_items, hidden, latent
         self.dropout, self.activation = dropout, activation
+        # False makes training deterministic (z = mu), with dropout 0: the data-parallel
+        # tests compare N ranks against one process step for step.
+        self.sample_latent = True
         self.encoder_hidden = SparseInputDense(hidden, activation, seed, name="encoder_hidden",
                                                dtype=dtype)
         self.encoder_out = _dense(2 * latent, None, seed + 1, "encoder_out", dtype)
@@ -122,7 +125,7 @@ class MultVAE(keras.Model):
         """(logits float32 (B, I), mu (B, L), logvar (B, L)); z is sampled only when training."""
         mu, logvar = self.encode(x, training, seed)
         z = mu
-        if training:
+        if training and self.sample_latent:
             noise_seed = tf.random.experimental.stateless_fold_in(seed, 1)
             eps = tf.random.stateless_normal(tf.shape(mu), noise_seed)
             z = mu + eps * tf.exp(0.5 * logvar)

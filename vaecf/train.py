@@ -114,8 +114,9 @@ class Trainer:
                 tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int64),
                 tf.TensorSpec([], tf.float32), tf.TensorSpec([2], tf.int64)]
 
-        @tf.function(input_signature=spec, jit_compile=t.xla, reduce_retracing=True)
-        def step(indices, values, targets, size, beta, seed):
+        # XLA compiles the forward/backward pass only: Horovod's allreduce has no XLA kernel.
+        @tf.function(jit_compile=t.xla, reduce_retracing=True)
+        def gradients(indices, values, targets, size, beta, seed):
             shape = tf.stack([size, n_items])
             with tf.GradientTape() as tape:
                 logits, mu, logvar = model.forward(tf.SparseTensor(indices, values, shape),
@@ -124,7 +125,11 @@ class Trainer:
                 kl = kl_divergence(mu, logvar)
                 loss = nll + beta * kl
                 scaled = optimizer.scale_loss(loss)
-            grads = tape.gradient(scaled, variables)
+            return loss, nll, kl, tape.gradient(scaled, variables)
+
+        @tf.function(input_signature=spec, reduce_retracing=True)
+        def step(indices, values, targets, size, beta, seed):
+            loss, nll, kl, grads = gradients(indices, values, targets, size, beta, seed)
             # Dense float32 gradients: what allreduce accepts and Adam updates anyway.
             grads = comm.allreduce_mean([tf.cast(tf.convert_to_tensor(g), tf.float32)
                                          for g in grads])
