@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 # Each command module registers its commands on import.
+from vaecf.cli import bench_inference as _bench_inference  # noqa: F401
 from vaecf.cli import bench_prepare as _bench_prepare  # noqa: F401
 from vaecf.cli import export as _export  # noqa: F401
 from vaecf.cli import prepare as _prepare  # noqa: F401

@@ -1,0 +1,143 @@
+"""``vaecf bench inference``: serving speed of a trained run, measured against this machine.
+
+Figures (after warm-up, so tracing is not timed):
+
+- throughput: users/s scoring batches of ``batch_size`` users, top-k selection and exclusion of
+  the users' own items included (NVIDIA's inference figure), and the FLOP/s that implies as a
+  fraction of the machine's ceiling, a large dense float32 matmul's FLOP/s measured in the same
+  run. FLOPs counted are the ones the model performs: 2·nnz·H for the sparse first layer,
+  2·B·(H·2L + L·H + H·I) for the dense layers.
+- single-user latency p50/p90/p99 over ``single_calls`` calls of :func:`vaecf.recommend.
+  score_request` with one user, the exact call ``vaecf recommend --user-items`` makes (scoring,
+  exclusion, top-k, mapping back to original ids).
+- the memory floor of one single-user call: a batch of one reads every weight once (of the
+  first layer only its items' rows), so it cannot beat (bytes read) / (memory bandwidth); the
+  bandwidth is measured here as a NumPy reduction over a buffer far larger than the caches.
+
+Users come from the run's dataset (training rows, repeated up to the batch size) when that
+directory still exists, else are drawn at random with 50 items each.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from vaecf.errors import VaecfError
+from vaecf.recommend import ItemMap, Recommender, Request, score_request
+
+SINGLE_K = 10  # what `vaecf recommend` returns by default
+
+
+def _users(run: Any, n: int, seed: int = 0) -> scipy.sparse.csr_matrix:
+    """n users' known items, binary CSR (n, n_items): the dataset's training rows if it is still
+    where training read it, repeated to n rows; else 50 random items per user."""
+    from vaecf.dataset import Dataset
+
+    try:
+        rows = Dataset.open(run.dataset_path).train_matrix()
+    except VaecfError:
+        rng = np.random.default_rng(seed)
+        cols = np.sort(np.stack([rng.choice(run.n_items, 50, replace=False) for _ in range(256)]))
+        rows = scipy.sparse.csr_matrix(
+            (np.ones(cols.size, np.float32), cols.ravel(), np.arange(0, cols.size + 1, 50)),
+            shape=(256, run.n_items))
+    reps = -(-n // rows.shape[0])
+    return scipy.sparse.vstack([rows] * reps, format="csr")[:n]
+
+
+def matmul_ceiling(size: int = 4096, repeats: int = 3) -> float:
+    """Best FLOP/s of a (size × size) @ (size × size) float32 TensorFlow matmul."""
+    import tensorflow as tf
+
+    a = tf.random.stateless_normal((size, size), seed=(0, 1))
+    b = tf.random.stateless_normal((size, size), seed=(0, 2))
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    matmul().numpy()
+    best = min(_timed(lambda: matmul().numpy()) for _ in range(repeats))
+    return 2.0 * size**3 / best
+
+
+def memory_bandwidth(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
+    """Best bytes/s of a NumPy float32 sum over ``n_bytes`` (far beyond the caches)."""
+    buffer = np.ones(n_bytes // 4, np.float32)
+    buffer.sum()
+    return n_bytes / min(_timed(buffer.sum) for _ in range(repeats))
+
+
+def _timed(call: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def model_flops(model: Any, batch: int, nnz: int) -> float:
+    """FLOPs of one evaluation forward of ``batch`` users with ``nnz`` known items in total."""
+    hidden, latent, items = model.hidden, model.latent, model.n_items
+    return 2.0 * nnz * hidden + 2.0 * batch * (hidden * 2 * latent + latent * hidden
+                                                + hidden * items)
+
+
+def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: int = 200,
+        min_seconds: float = 10.0, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure a run's serving speed; returns the figures (see the module docstring).
+
+    Raises:
+        VaecfError: not a run directory, no weights, or a bad size.
+    """
+    from vaecf.rundir import RunDir
+
+    if batch_size < 1 or single_calls < 200:
+        raise VaecfError("--batch-size must be >= 1 and --single-calls >= 200")
+    run = RunDir.open(run_path)
+    model = run.load_model()
+    recommender = Recommender(model, ItemMap(run.item_ids))
+    users = _users(run, max(batch_size, single_calls))
+    batch = users[:batch_size]
+    say(f"model: {run.n_items:,} items, hidden {model.hidden}, latent {model.latent}; "
+        f"batch of {batch_size:,} users with {batch.nnz / batch_size:.1f} items each on average")
+
+    # Warm-up: trace the one graph (any batch size) and touch the weights.
+    recommender.top_k(batch[: min(batch_size, 256)], top_k)
+    for i in range(20):
+        score_request(recommender, Request(None, users[i: i + 1]), SINGLE_K)
+
+    say(f"timing batches of {batch_size:,} users (top {top_k}) for >= {min_seconds:.0f} s...")
+    times: list[float] = []
+    while sum(times) < min_seconds or len(times) < 2:
+        times.append(_timed(lambda: recommender.top_k(batch, top_k)))
+    seconds = float(np.median(times))
+
+    say(f"timing {single_calls} single-user calls...")
+    latencies = np.array([
+        _timed(lambda i=i: score_request(recommender, Request(None, users[i: i + 1]), SINGLE_K))
+        for i in range(single_calls)])
+    single_nnz = float(np.mean(np.diff(users.indptr[: single_calls + 1])))
+
+    say("measuring the matmul ceiling and memory bandwidth...")
+    ceiling = matmul_ceiling()
+    bandwidth = memory_bandwidth()
+    # One user reads every weight except the first layer's, of which only its items' rows.
+    first = model.encoder_hidden.kernel
+    weight_bytes = 4 * (sum(int(np.prod(w.shape)) for w in model.weights)
+                        - int(np.prod(first.shape)) + single_nnz * first.shape[1])
+    achieved = model_flops(model, batch_size, batch.nnz) / seconds
+    return {
+        "items": run.n_items, "hidden": model.hidden, "latent": model.latent,
+        "batch_size": batch_size, "top_k": top_k, "batches_timed": len(times),
+        "batch_seconds": seconds,
+        "users_per_s": batch_size / seconds,
+        "gflops": achieved / 1e9,
+        "ceiling_gflops": ceiling / 1e9,
+        "fraction_of_ceiling": achieved / ceiling,
+        "single_calls": single_calls, "single_top_k": SINGLE_K,
+        "single_items_mean": single_nnz,
+        "latency_ms": {f"p{q}": float(np.percentile(latencies, q) * 1e3) for q in (50, 90, 99)},
+        "memory_gb_per_s": bandwidth / 1e9,
+        "weight_mb": weight_bytes / 1e6,
+        "latency_floor_ms": weight_bytes / bandwidth * 1e3,
+    }
