@@ -75,3 +75,36 @@ def evaluate(score: Scorer, backend: Backend, foldin: Any, targets: Any,
     result["users"] = users
     return result
 
+
+
+def evaluate_run(run_path: Any, data: Any, split: str, ks: list[int], backend: Backend,
+                 batch_size: int = 2048) -> dict[str, Any]:
+    """Test a run directory's best weights and the popularity baseline on one held-out split.
+
+    Args:
+        run_path: the run directory.
+        data: the dataset directory; None uses the one recorded in the run.
+        split: ``"test"`` or ``"validation"``.
+
+    Returns:
+        ``{"run", "data", "split", "users", "best_epoch", "model": {metric: value},
+        "popularity": {metric: value}}``.
+    """
+    from vaecf.dataset import Dataset
+    from vaecf.errors import VaecfError
+    from vaecf.rundir import RunDir
+
+    run = RunDir.open(run_path)
+    dataset = Dataset.open(run.dataset_path if data is None else data)
+    run.check_dataset(dataset)
+    if not ks or min(ks) < 1:
+        raise VaecfError(f"--k: cut-offs must be positive integers, got {ks}")
+    foldin, targets = dataset.heldout(split)
+    model = evaluate(model_scorer(run.load_model(), backend), backend, foldin, targets, ks,
+                     batch_size)
+    popular = evaluate(popularity_scorer(backend, dataset.train_matrix()), backend, foldin,
+                       targets, ks, batch_size)
+    users = model.pop("users")
+    popular.pop("users")
+    return {"run": str(run.path), "data": str(dataset.path), "split": split, "users": users,
+            "best_epoch": (run.best or {}).get("epoch"), "model": model, "popularity": popular}

@@ -33,9 +33,10 @@ class SparseInputDense(keras.layers.Layer):
     kernel: (n_in, units) float32 variable; the product runs in the layer's compute dtype.
     """
 
-    def __init__(self, units: int, activation: str | None, seed: int, **kwargs) -> None:
+    def __init__(self, units: int, activation: str | None, seed: int, xla: bool = False,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
-        self.units = units
+        self.units, self.xla = units, xla
         self.activation = keras.activations.get(activation)
         self.seed = seed
 
@@ -49,13 +50,16 @@ class SparseInputDense(keras.layers.Layer):
 
     def call(self, x):
         kernel = tf.cast(self.kernel, self.compute_dtype)
-        if isinstance(x, tf.SparseTensor):
-            # Σ over a row's non-zeros of value · kernel[item]: gather + segment sum rather than
-            # tf.sparse.sparse_dense_matmul, which has no XLA kernel (--xla); same FLOPs.
+        if isinstance(x, tf.SparseTensor) and self.xla:
+            # XLA has no kernel for SparseTensorDenseMatMul: Σ over a row's non-zeros of
+            # value · kernel[item] as gather + segment sum (same FLOPs, more memory traffic).
             rows = tf.cast(x.indices[:, 0], tf.int32)
             picked = tf.gather(kernel, x.indices[:, 1]) * tf.cast(x.values, self.compute_dtype)[
                 :, None]
             h = tf.math.unsorted_segment_sum(picked, rows, tf.cast(x.dense_shape[0], tf.int32))
+        elif isinstance(x, tf.SparseTensor):
+            x = tf.SparseTensor(x.indices, tf.cast(x.values, self.compute_dtype), x.dense_shape)
+            h = tf.sparse.sparse_dense_matmul(x, kernel)
         else:
             h = tf.matmul(tf.cast(x, self.compute_dtype), kernel)
         return self.activation(h + tf.cast(self.bias, self.compute_dtype))
@@ -80,19 +84,20 @@ class MultVAE(keras.Model):
         activation: activation of the hidden layers (the paper uses tanh).
         seed: seed of the weight initialisers (a different stream per layer).
         dtype: Keras dtype policy, e.g. ``"mixed_bfloat16"``; None uses the global policy.
+        xla: build the sparse first layer from ops XLA can compile (for ``jit_compile``).
     """
 
     def __init__(self, n_items: int, hidden: int = 600, latent: int = 200,
                  dropout: float = 0.5, activation: str = "tanh", seed: int = 0,
-                 dtype: str | None = None, **kwargs) -> None:
+                 dtype: str | None = None, xla: bool = False, **kwargs) -> None:
         super().__init__(dtype=dtype, **kwargs)
         self.n_items, self.hidden, self.latent = n_items, hidden, latent
         self.dropout, self.activation = dropout, activation
         # False makes training deterministic (z = mu), with dropout 0: the data-parallel
         # tests compare N ranks against one process step for step.
         self.sample_latent = True
-        self.encoder_hidden = SparseInputDense(hidden, activation, seed, name="encoder_hidden",
-                                               dtype=dtype)
+        self.encoder_hidden = SparseInputDense(hidden, activation, seed, xla,
+                                               name="encoder_hidden", dtype=dtype)
         self.encoder_out = _dense(2 * latent, None, seed + 1, "encoder_out", dtype)
         self.decoder_hidden = _dense(hidden, activation, seed + 2, "decoder_hidden", dtype)
         self.decoder_out = _dense(n_items, None, seed + 3, "decoder_out", dtype)

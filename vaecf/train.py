@@ -102,7 +102,7 @@ class Trainer:
 
         m, t = settings.model, settings.train
         self.model = MultVAE(n_items, m.hidden, m.latent, m.dropout, m.activation,
-                             seed=t.seed, dtype=policy)
+                             seed=t.seed, dtype=policy, xla=t.xla)
         optimizer = keras.optimizers.Adam(t.lr)
         if policy == "mixed_float16":   # float16 gradients underflow without loss scaling
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

@@ -10,6 +10,7 @@ from vaecf.cli import bench_prepare as _bench_prepare  # noqa: F401
 from vaecf.cli import export as _export  # noqa: F401
 from vaecf.cli import prepare as _prepare  # noqa: F401
 from vaecf.cli import recommend as _recommend  # noqa: F401
+from vaecf.cli import test as _test  # noqa: F401
 from vaecf.cli import train as _train  # noqa: F401
 from vaecf.cli.common import app
 from vaecf.errors import VaecfError

@@ -1,0 +1,64 @@
+"""``vaecf test``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vaecf.cli.common import BackendOption, ConfigOption, app
+
+HELP = """Rank the held-out users' items with a run's best weights and print NDCG@k and
+Recall@k, beside a popularity baseline on the same users (fold-in items excluded).
+
+Example: [bold]vaecf test --run runs/ml1m[/]"""
+
+
+@app.command(help=HELP)
+def test(
+    run: Annotated[Path, typer.Option("--run", "-r", help="Run directory (from vaecf train).",
+                                      file_okay=False)] = ...,
+    data: Annotated[Path | None, typer.Option(
+        "--data", "-d", help="Dataset directory; default: the one the run was trained on.",
+        file_okay=False)] = None,
+    split: Annotated[str, typer.Option(help="Held-out users to score: test or validation.")
+                     ] = "test",
+    k: Annotated[str | None, typer.Option(
+        "--k", help="Comma-separated cut-offs.", show_default="20,50,100")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the metrics to this JSON file.", dir_okay=False)] = None,
+    backend: BackendOption = None,
+    config: ConfigOption = None,
+) -> None:
+    import json
+
+    from rich.table import Table
+
+    from vaecf.backend import select_backend
+    from vaecf.errors import VaecfError
+    from vaecf.evaluate import evaluate_run
+    from vaecf.metrics import metric_names
+    from vaecf.progress import console
+    from vaecf.settings import load_settings
+
+    try:
+        ks = None if k is None else [int(part) for part in k.split(",") if part.strip()]
+    except ValueError:
+        raise VaecfError(f"--k: expected comma-separated integers like 20,50,100, got {k!r}"
+                         ) from None
+    loaded = load_settings(config, train=dict(backend=backend), evaluate=dict(ks=ks))
+    settings = loaded.evaluate
+    chosen = select_backend(loaded.train.backend)
+    result = evaluate_run(run, data, split, settings.ks, chosen, settings.batch_size)
+    table = Table(title=f"{result['split']} users of {result['data']}  "
+                        f"({result['users']:,} users, best epoch {result['best_epoch']})")
+    table.add_column("metric")
+    table.add_column("Mult-VAE", justify="right")
+    table.add_column("popularity", justify="right")
+    for name in metric_names(settings.ks):
+        table.add_row(name.replace("ndcg", "NDCG").replace("recall", "Recall"),
+                      f"{result['model'][name]:.4f}", f"{result['popularity'][name]:.4f}")
+    console.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
