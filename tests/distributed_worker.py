@@ -1,0 +1,48 @@
+"""Run by tests/test_distributed.py, as one process or as every rank under ``horovodrun``.
+
+Trains the real :class:`vaecf.train.Trainer` for a few steps with dropout 0 and z = mu (no
+noise), on fixed global batches of the real training users: global batch s is users
+[s·G, (s+1)·G), and rank r of N takes the r-th of N equal slices of it. Rank r initialises its
+weights with seed r, so agreement with the single process (seed 0) also proves the broadcast
+of rank 0's state. Writes every variable to ``OUT/rank-R.npz``.
+
+Usage: python tests/distributed_worker.py DATASET OUT GLOBAL_BATCH STEPS
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vaecf.backend import cpu_backend
+from vaecf.batches import Batch, make_batch, tf_converter
+from vaecf.dataset import Dataset
+from vaecf.distributed import communicator
+from vaecf.settings import ModelSettings, Settings, TrainSettings
+from vaecf.train import Trainer
+
+
+def main(data: Path, out: Path, global_batch: int, steps: int) -> None:
+    comm = communicator()
+    dataset = Dataset.open(data)
+    settings = Settings(model=ModelSettings(hidden=64, latent=16, dropout=0.0),
+                        train=TrainSettings(lr=1e-3, seed=comm.rank))
+    trainer = Trainer(settings, dataset.n_items, comm, "float32")
+    trainer.model.sample_latent = False
+    comm.broadcast_variables(trainer.state_variables)
+    backend, matrix = cpu_backend(), dataset.train_matrix()
+    convert = tf_converter(backend)
+    share = global_batch // comm.size
+    for step in range(steps):
+        first = step * global_batch + comm.rank * share
+        batch = make_batch(backend, matrix, np.arange(first, first + share))
+        trainer.step(Batch(convert(batch.indices), convert(batch.values),
+                           convert(batch.targets), batch.size), beta=0.1, step=step)
+    np.savez(out / f"rank-{comm.rank}.npz",
+             **{f"{i}": np.asarray(v) for i, v in enumerate(trainer.state_variables)})
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
