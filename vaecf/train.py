@@ -214,6 +214,11 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
     progress = run.load_checkpoint(trainer.model, trainer.optimizer) if resume else dict(
         run.progress if run else {"epoch": 0, "batch": 0, "step": 0, "bad_validations": 0,
                                   "partial": None})
+    # A mid-epoch position counts batches of one rank layout: resume it with the same ranks.
+    if progress["batch"] and progress.get("ranks", 1) != comm.size:
+        raise VaecfError(f"{out} stopped mid-epoch with {progress.get('ranks', 1)} rank(s); "
+                         f"resume it with that many (--np/--gpus), not {comm.size}")
+    progress["ranks"] = comm.size
     comm.broadcast_variables(trainer.state_variables)
     validation = dataset.heldout("validation") if chief else None
     scorer = None
@@ -221,8 +226,9 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
     log = open(log_json, "a", encoding="utf-8") if (log_json and chief) else None  # noqa: SIM115
     status = "running"
     epoch, start_batch, step = progress["epoch"], progress["batch"], progress["step"]
-    partial = progress["partial"] or {"loss": 0.0, "nll": 0.0, "kl": 0.0, "users": 0,
-                                      "seconds": 0.0}
+    # A saved partial epoch holds the whole job's sums (see the interrupt below): rank 0's.
+    partial = (progress["partial"] if chief else None) or {
+        "loss": 0.0, "nll": 0.0, "kl": 0.0, "users": 0, "seconds": 0.0}
     beta = min(step / t.anneal_steps, t.anneal_cap)
     try:
         with view, interrupt_flag() as interrupted:
@@ -241,6 +247,8 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
                     elapsed = partial["seconds"] + time.perf_counter() - started
                     view.advance(loss, kl, beta, partial["users"] * comm.size / elapsed)
                     if comm.allreduce_sum(float(interrupted.is_set())) > 0:
+                        partial = {name: comm.allreduce_sum(partial[name])
+                                   for name in ("loss", "nll", "kl", "users")}
                         partial["seconds"] = elapsed
                         progress = {**progress, "epoch": epoch, "batch": b + 1, "step": step,
                                     "partial": partial}
