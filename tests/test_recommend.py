@@ -162,3 +162,26 @@ def test_batch_input_matches_single_user_calls(runs, cli, tmp_path):
                "--output", csv_out, "--quiet").code == 0
     rows = list(csv.DictReader(csv_out.open()))
     assert len(rows) == 15 * len(users) and list(rows[0]) == ["user", "rank", "item", "score"]
+
+
+def test_blocked_top_k_equals_tf_top_k_on_real_logits(runs):
+    import numpy as np
+    import tensorflow as tf
+
+    from vaecf.dataset import Dataset
+    from vaecf.recommend import blocked_top_k
+    from vaecf.rundir import RunDir
+
+    run = RunDir.open(runs["int"])
+    foldin, _ = Dataset.open(run.dataset_path).heldout("test")
+    rows = foldin[:64].toarray()
+    logits = run.load_model()(rows / np.linalg.norm(rows, axis=1, keepdims=True)).numpy()
+    logits[rows > 0] = -np.inf  # excluded items, as recommend scores them
+    for k in (1, 10, 100, 999, run.n_items):
+        values, columns = blocked_top_k(tf.constant(logits), tf.constant(k))
+        expected = tf.math.top_k(logits, k).values.numpy()
+        np.testing.assert_array_equal(values.numpy(), expected)
+        # The columns hold those values (-inf slots mean "nothing left" and are not mapped).
+        picked = np.take_along_axis(logits, columns.numpy(), axis=1)
+        finite = np.isfinite(expected)
+        np.testing.assert_array_equal(picked[finite], expected[finite])

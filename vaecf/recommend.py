@@ -8,7 +8,7 @@ top k are kept.
 
 Single users and batches take the same path: :meth:`Recommender.top_k` on a CSR matrix, one
 ``tf.function`` with a fixed signature (sparse first layer, dense decoder, exclusion by
-scattering -inf onto the user's items, ``tf.math.top_k``), so its graph is traced once per
+scattering -inf onto the user's items, an exact blocked top-k), so its graph is traced once per
 process whatever the batch size.
 """
 
@@ -31,6 +31,8 @@ from vaecf.ingest import ColumnSpec, read_file
 # 20k-item model take 330 MB, large enough that the decoder GEMM runs at full speed.
 BATCH_USERS = 4096
 _INTEGER = r"^\s*[-+]?\d+\s*$"
+# Items per block of blocked_top_k: 16 measured best for k = 10 and 100 on 20k items here.
+TOP_K_BLOCK = 16
 
 
 def coerce_ids(values: pa.Array | pa.ChunkedArray, id_type: pa.DataType) -> pa.Array:
@@ -225,7 +227,36 @@ def top_k_graph(model: Any, rows: Any, cols: Any, n_rows: Any, k: Any, exclude: 
     # around tensor_scatter_nd_update it updates the (n_rows, n_items) logits in place.
     fill = tf.where(exclude, tf.constant(-np.inf, tf.float32), tf.constant(np.inf, tf.float32))
     logits = tf.tensor_scatter_nd_min(logits, indices, tf.fill(tf.shape(rows), fill))
-    return tf.math.top_k(logits, k)
+    return blocked_top_k(logits, k)
+
+
+def blocked_top_k(logits: Any, k: Any, block: int = TOP_K_BLOCK):
+    """Exactly ``tf.math.top_k(logits, k)`` (values; tied items may come in another order),
+    2-4x faster on CPU for k << n.
+
+    Each row is cut into blocks of ``block`` items. An item in the top k is >= the k-th value,
+    so its block's maximum is too, and at most k blocks have such a maximum: the top k items
+    lie in the k blocks with the largest maxima. So: block maxima (one cheap pass), top k of
+    those, then top k of the k·block candidates.
+
+    Args:
+        logits: float32 (B, n).
+        k: int32 scalar, 1 <= k <= n.
+    Returns:
+        (values float32 (B, k), columns int32 (B, k)), best first.
+    """
+    import tensorflow as tf
+
+    batch, n = tf.shape(logits)[0], tf.shape(logits)[1]
+    n_blocks = (n + block - 1) // block
+    padded = tf.pad(logits, [[0, 0], [0, n_blocks * block - n]], constant_values=-np.inf)
+    blocks = tf.reshape(padded, [batch, n_blocks, block])
+    _, best_blocks = tf.math.top_k(tf.reduce_max(blocks, axis=2), tf.minimum(k, n_blocks))
+    candidates = tf.reshape(tf.gather(blocks, best_blocks, batch_dims=1), [batch, -1])
+    values, where = tf.math.top_k(candidates, k)
+    columns = tf.gather(best_blocks, where // block, batch_dims=1) * block + where % block
+    # A -inf tie may pick a padding slot; keep every column a valid index.
+    return values, tf.minimum(columns, n - 1)
 
 
 class Recommender:
