@@ -7,6 +7,7 @@ import sys
 # Each command module registers its commands on import.
 from vaecf.cli import bench_inference as _bench_inference  # noqa: F401
 from vaecf.cli import bench_prepare as _bench_prepare  # noqa: F401
+from vaecf.cli import bench_train as _bench_train  # noqa: F401
 from vaecf.cli import export as _export  # noqa: F401
 from vaecf.cli import prepare as _prepare  # noqa: F401
 from vaecf.cli import recommend as _recommend  # noqa: F401

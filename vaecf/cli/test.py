@@ -33,13 +33,13 @@ def test(
 ) -> None:
     import json
 
+    from rich.console import Console
     from rich.table import Table
 
     from vaecf.backend import select_backend
     from vaecf.errors import VaecfError
     from vaecf.evaluate import evaluate_run
     from vaecf.metrics import metric_names
-    from vaecf.progress import console
     from vaecf.settings import load_settings
 
     try:
@@ -59,6 +59,6 @@ def test(
     for name in metric_names(settings.ks):
         table.add_row(name.replace("ndcg", "NDCG").replace("recall", "Recall"),
                       f"{result['model'][name]:.4f}", f"{result['popularity'][name]:.4f}")
-    console.print(table)
+    Console().print(table)   # the result goes to stdout, progress to stderr
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

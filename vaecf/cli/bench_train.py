@@ -1,0 +1,87 @@
+"""``vaecf bench train``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vaecf.cli.common import BackendOption, ConfigOption, bench_app
+
+HELP = """Training throughput (users/s) and the fraction of this machine's dense-matmul FLOP/s
+ceiling (measured in the same run) it reaches, on a dataset or on synthetic data shaped like
+MovieLens-20M (20,000 items, ~70 items per user).
+
+Example: [bold]vaecf bench train --synthetic --batch-size 500,2000[/]"""
+
+
+@bench_app.command("train", help=HELP)
+def bench_train(
+    data: Annotated[Path | None, typer.Option(
+        "--data", "-d", help="Dataset directory whose training users are used.",
+        file_okay=False)] = None,
+    synthetic: Annotated[int | None, typer.Option(
+        "--synthetic", help="Instead of --data: this many synthetic ML-20M-shaped users "
+        "(20,000 items, ~70 items each).", show_default=False)] = None,
+    batch_size: Annotated[str, typer.Option(
+        "--batch-size", help="Comma-separated batch sizes to time.")] = "500",
+    amp: Annotated[bool, typer.Option(
+        "--amp/--no-amp", help="Mixed precision (bfloat16 on this CPU, float16 on GPU).")
+                   ] = False,
+    xla: Annotated[bool, typer.Option("--xla/--no-xla", help="XLA-compile the step.")] = False,
+    steps: Annotated[int, typer.Option(min=1, help="Timed steps per round.")] = 10,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds per batch size (best kept).")] = 3,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results to this JSON file.", dir_okay=False)] = None,
+    backend: BackendOption = None,
+    config: ConfigOption = None,
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from vaecf.backend import select_backend
+    from vaecf.bench_train import bench, synthetic_matrix
+    from vaecf.dataset import Dataset
+    from vaecf.errors import VaecfError
+    from vaecf.progress import console
+    from vaecf.settings import load_settings
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False)
+
+    try:
+        sizes = [int(part) for part in batch_size.split(",") if part.strip()]
+    except ValueError:
+        raise VaecfError(f"--batch-size: expected comma-separated integers, got {batch_size!r}"
+                         ) from None
+    if not sizes or min(sizes) < 1:
+        raise VaecfError(f"--batch-size: batch sizes must be positive, got {batch_size!r}")
+    if (data is None) == (synthetic is None):
+        raise VaecfError("give either --data DIR or --synthetic USERS")
+    if synthetic is not None and synthetic < max(sizes):
+        raise VaecfError(f"--synthetic {synthetic}: need at least one full batch "
+                         f"({max(sizes)} users)")
+    settings = load_settings(config, train=dict(amp=amp, xla=xla, backend=backend))
+    chosen = select_backend(settings.train.backend, say=say)
+    matrix = (synthetic_matrix(synthetic) if synthetic is not None
+              else Dataset.open(data).train_matrix())
+    if matrix.shape[0] < max(sizes):
+        raise VaecfError(f"{data}: {matrix.shape[0]} training users, fewer than one batch "
+                         f"of {max(sizes)}")
+    source = f"synthetic ML-20M shape, {synthetic:,} users" if data is None else str(data)
+    say(f"{source}: {matrix.shape[1]:,} items, {matrix.nnz / matrix.shape[0]:.1f} items/user")
+    results = bench(matrix, settings, sizes, chosen, steps, rounds, say=say)
+    table = Table(title=f"vaecf bench train  ({source}, H={settings.model.hidden}, "
+                        f"L={settings.model.latent})")
+    for column in ("precision", "batch", "users/s", "MFLOP/user", "GFLOP/s",
+                   "ceiling GFLOP/s", "of ceiling"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(r["precision"], f"{r['batch_size']:,}", f"{r['users_per_s']:,.0f}",
+                      f"{r['flops_per_user'] / 1e6:.1f}", f"{r['gflops']:.1f}",
+                      f"{r['ceiling_gflops']:.1f}", f"{r['fraction']:.0%}")
+    Console().print(table)   # the result goes to stdout, progress to stderr
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
