@@ -14,13 +14,20 @@ HELP = """Serving speed of a trained run on this machine: large-batch throughput
 included) as a fraction of the measured matmul FLOP ceiling, and single-user latency
 p50/p90/p99 of the call `vaecf recommend` makes.
 
-Example: [bold]vaecf bench inference --run runs/ml --json bench-inference.json[/]"""
+Examples: [bold]vaecf bench inference --run runs/ml --json bench-inference.json[/]
+[bold]vaecf bench inference --synthetic[/]  (a 20,000-item model, built once)"""
 
 
 @bench_app.command("inference", help=HELP)
 def bench_inference(
-    run: Annotated[Path, typer.Option("--run", help="Run directory written by `vaecf train`.",
-                                      file_okay=False)] = ...,
+    run: Annotated[Path | None, typer.Option(
+        "--run", help="Run directory written by `vaecf train`.", file_okay=False,
+        show_default=False)] = None,
+    synthetic: Annotated[bool, typer.Option(
+        "--synthetic", help="Instead of --run: a 20,000-item model trained one epoch on "
+        "synthetic data (built once into --workdir).")] = False,
+    workdir: Annotated[Path, typer.Option(
+        help="Where --synthetic keeps its data and run.")] = Path("/tmp/vaecf-bench"),
     batch_size: Annotated[int, typer.Option(
         "--batch-size", min=1, help="Users per batch for the throughput figure.")] = 24576,
     top_k: Annotated[int, typer.Option(
@@ -34,12 +41,18 @@ def bench_inference(
     from rich.table import Table
 
     from vaecf.bench_inference import run as run_bench
+    from vaecf.bench_inference import synthetic_run
+    from vaecf.errors import VaecfError
     from vaecf.progress import console
     from vaecf.recommend_output import write_text_atomically
 
     def say(line: str) -> None:
         console.print(line, markup=False, highlight=False)
 
+    if (run is None) == (not synthetic):
+        raise VaecfError("give exactly one of --run RUN or --synthetic")
+    if synthetic:
+        run = synthetic_run(workdir, say=say)
     r = run_bench(run, batch_size, top_k, single_calls, say=say)
     table = Table(title=f"vaecf bench inference  ({r['items']:,} items, H={r['hidden']}, "
                         f"L={r['latent']})")
