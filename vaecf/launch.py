@@ -5,10 +5,12 @@ horovod.runner.launch``, i.e. ``horovodrun``); every rank then finds itself unde
 (:func:`vaecf.distributed.under_launcher`) and trains instead of launching again. A job started
 by the user's own ``horovodrun`` / ``mpirun`` is therefore never launched twice.
 
-Failure handling: Horovod's Gloo launcher terminates every other rank as soon as one exits with a
-non-zero status, and a rank blocked in a collective whose peer vanished gets a Gloo connection
-error; ``HOROVOD_STALL_SHUTDOWN_TIME_SECONDS`` is also set so that a rank stuck waiting for a
-peer that is alive but no longer taking part shuts the job down instead of waiting forever.
+Failure handling (measured here with Gloo): a rank that exits or is killed makes the others'
+next collective fail at once ("Horovod has been shut down"), and the launcher terminates every
+remaining rank as soon as one exits with a non-zero status; a frozen rank (SIGSTOP) fails the
+job after Gloo's timeout (``HOROVOD_GLOO_TIMEOUT_SECONDS``, 30 s). Not detected: a rank alive
+but stuck outside collectives (Horovod's ``HOROVOD_STALL_SHUTDOWN_TIME_SECONDS`` did not fire
+in that test).
 """
 
 from __future__ import annotations
@@ -22,11 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vaecf.errors import VaecfError
-
-# Seconds a rank may wait in a collective for a peer before Horovod aborts the job (its default
-# only warns). Longer than any single step or validation pass on rank 0 (which the others wait
-# for at the epoch's end), short enough that a lost rank is reported within minutes.
-STALL_SHUTDOWN_SECONDS = 600
 
 HOROVOD_BUILD = ("HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 "
                  "HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 pip install "
@@ -194,7 +191,6 @@ def launch(job: Job, argv: Sequence[str]) -> None:
         VaecfError: when any rank failed (Horovod has then stopped the others).
     """
     env = dict(os.environ)
-    env.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(STALL_SHUTDOWN_SECONDS))
     env.setdefault("PYTHONUNBUFFERED", "1")
     if not job.gpus:
         # CPU ranks must not grab GPUs that may be present.
