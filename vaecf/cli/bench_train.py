@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +37,10 @@ def bench_train(
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Also write the results to this JSON file.", dir_okay=False)] = None,
     backend: BackendOption = None,
+    np: Annotated[int | None, typer.Option(
+        "--np", help="Time N data-parallel CPU ranks (Horovod over Gloo), each on its share of "
+        "the users with --batch-size users per step; users/s is the whole job's.",
+        show_default="1")] = None,
     config: ConfigOption = None,
 ) -> None:
     from rich.console import Console
@@ -44,12 +49,15 @@ def bench_train(
     from vaecf.backend import select_backend
     from vaecf.bench_train import bench, synthetic_matrix
     from vaecf.dataset import Dataset
+    from vaecf.distributed import communicator
     from vaecf.errors import VaecfError
+    from vaecf.launch import launch, pin_rank_gpu, plan
     from vaecf.progress import console
     from vaecf.settings import load_settings
 
     def say(line: str) -> None:
-        console.print(line, markup=False, highlight=False)
+        if comm.is_chief:   # only rank 0 talks
+            console.print(line, markup=False, highlight=False)
 
     try:
         sizes = [int(part) for part in batch_size.split(",") if part.strip()]
@@ -64,17 +72,30 @@ def bench_train(
         raise VaecfError(f"--synthetic {synthetic}: need at least one full batch "
                          f"({max(sizes)} users)")
     settings = load_settings(config, train=dict(amp=amp, xla=xla, backend=backend))
+    job = plan(np, None, None)
+    if job is not None:   # this process only starts the ranks, which re-run this command
+        launch(job, sys.argv[1:])
+        return
+    pin_rank_gpu()
+    comm = communicator()
     chosen = select_backend(settings.train.backend, say=say)
-    matrix = (synthetic_matrix(synthetic) if synthetic is not None
-              else Dataset.open(data).train_matrix())
+    # Each rank times its own contiguous share of the users, as in training.
+    if synthetic is not None:
+        matrix = synthetic_matrix(synthetic)[synthetic * comm.rank // comm.size:
+                                             synthetic * (comm.rank + 1) // comm.size]
+    else:
+        matrix = Dataset.open(data).train_rows_for_rank(comm.rank, comm.size)
     if matrix.shape[0] < max(sizes):
-        raise VaecfError(f"{data}: {matrix.shape[0]} training users, fewer than one batch "
-                         f"of {max(sizes)}")
+        raise VaecfError(f"{data or 'synthetic'}: {matrix.shape[0]} training users per rank, "
+                         f"fewer than one batch of {max(sizes)}")
     source = f"synthetic ML-20M shape, {synthetic:,} users" if data is None else str(data)
     say(f"{source}: {matrix.shape[1]:,} items, {matrix.nnz / matrix.shape[0]:.1f} items/user")
-    results = bench(matrix, settings, sizes, chosen, steps, rounds, say=say)
+    results = bench(matrix, settings, sizes, chosen, steps, rounds, comm=comm, say=say)
+    if not comm.is_chief:
+        return
+    ranks = f", {comm.size} ranks" if comm.size > 1 else ""
     table = Table(title=f"vaecf bench train  ({source}, H={settings.model.hidden}, "
-                        f"L={settings.model.latent})")
+                        f"L={settings.model.latent}{ranks})")
     for column in ("precision", "batch", "users/s", "MFLOP/user", "GFLOP/s",
                    "ceiling GFLOP/s", "of ceiling"):
         table.add_column(column, justify="right")
