@@ -4,9 +4,11 @@ Figures (after warm-up, so tracing is not timed):
 
 - throughput: users/s scoring batches of ``batch_size`` users, top-k selection and exclusion of
   the users' own items included (NVIDIA's inference figure), and the FLOP/s that implies as a
-  fraction of the machine's ceiling, a large dense float32 matmul's FLOP/s measured in the same
-  run. FLOPs counted are the ones the model performs: 2·nnz·H for the sparse first layer,
-  2·B·(H·2L + L·H + H·I) for the dense layers.
+  fraction of the machine's ceiling, measured as in ``bench train``
+  (:func:`vaecf.bench_train.matmul_flops`: the decoder's (rows × H) @ (H × I) float32 matmul,
+  timed just before each round; best round and best ceiling kept). FLOPs counted are the
+  forward's matmuls (:mod:`vaecf.flops` counts the same terms for training): 2·nnz·H for the
+  sparse first layer, 2·B·(H·2L + L·H + H·I) for the dense layers.
 - single-user latency p50/p90/p99 over ``single_calls`` calls of :func:`vaecf.recommend.
   score_request` with one user, the exact call ``vaecf recommend --user-items`` makes (scoring,
   exclusion, top-k, mapping back to original ids).
@@ -30,10 +32,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
+from vaecf.bench_train import matmul_flops
 from vaecf.errors import VaecfError
 from vaecf.recommend import ItemMap, Recommender, Request, score_request
 
 SINGLE_K = 10  # what `vaecf recommend` returns by default
+# Rows of the ceiling matmul: enough for full GEMM speed, small enough to time quickly.
+CEILING_ROWS = 4096
 
 
 def synthetic_run(workdir: Path, n_items: int = 20_000,
@@ -80,18 +85,6 @@ def _users(run: Any, n: int, seed: int = 0) -> scipy.sparse.csr_matrix:
     return scipy.sparse.vstack([rows] * reps, format="csr")[:n]
 
 
-def matmul_ceiling(size: int = 4096, repeats: int = 3) -> float:
-    """Best FLOP/s of a (size × size) @ (size × size) float32 TensorFlow matmul."""
-    import tensorflow as tf
-
-    a = tf.random.stateless_normal((size, size), seed=(0, 1))
-    b = tf.random.stateless_normal((size, size), seed=(0, 2))
-    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
-    matmul().numpy()
-    best = min(_timed(lambda: matmul().numpy()) for _ in range(repeats))
-    return 2.0 * size**3 / best
-
-
 def memory_bandwidth(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
     """Best bytes/s of a NumPy float32 sum over ``n_bytes`` (far beyond the caches)."""
     buffer = np.ones(n_bytes // 4, np.float32)
@@ -113,7 +106,7 @@ def model_flops(model: Any, batch: int, nnz: int) -> float:
 
 
 def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: int = 200,
-        min_seconds: float = 10.0, say: Callable[[str], None] = print) -> dict[str, Any]:
+        rounds: int = 3, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure a run's serving speed; returns the figures (see the module docstring).
 
     Raises:
@@ -136,11 +129,15 @@ def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: 
     for i in range(20):
         score_request(recommender, Request(None, users[i: i + 1]), SINGLE_K)
 
-    say(f"timing batches of {batch_size:,} users (top {top_k}) for >= {min_seconds:.0f} s...")
-    times: list[float] = []
-    while sum(times) < min_seconds or len(times) < 2:
-        times.append(_timed(lambda: recommender.top_k(batch, top_k)))
-    seconds = float(np.median(times))
+    say(f"timing {rounds} batches of {batch_size:,} users (top {top_k}), each after a "
+        "ceiling matmul...")
+    seconds, ceiling = float("inf"), 0.0
+    for _ in range(rounds):
+        # As in `bench train`: the decoder's dominant (rows × H) @ (H × I) float32 matmul, timed
+        # moments before each round because the machine is shared; best of each is kept.
+        ceiling = max(ceiling, matmul_flops(min(batch_size, CEILING_ROWS), model.hidden,
+                                            model.n_items, "float32", repeats=2))
+        seconds = min(seconds, _timed(lambda: recommender.top_k(batch, top_k)))
 
     say(f"timing {single_calls} single-user calls...")
     latencies = np.array([
@@ -148,8 +145,7 @@ def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: 
         for i in range(single_calls)])
     single_nnz = float(np.mean(np.diff(users.indptr[: single_calls + 1])))
 
-    say("measuring the matmul ceiling and memory bandwidth...")
-    ceiling = matmul_ceiling()
+    say("measuring the memory bandwidth...")
     bandwidth = memory_bandwidth()
     # One user reads every weight except the first layer's, of which only its items' rows.
     first = model.encoder_hidden.kernel
@@ -158,7 +154,7 @@ def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: 
     achieved = model_flops(model, batch_size, batch.nnz) / seconds
     return {
         "items": run.n_items, "hidden": model.hidden, "latent": model.latent,
-        "batch_size": batch_size, "top_k": top_k, "batches_timed": len(times),
+        "batch_size": batch_size, "top_k": top_k, "rounds": rounds,
         "batch_seconds": seconds,
         "users_per_s": batch_size / seconds,
         "gflops": achieved / 1e9,

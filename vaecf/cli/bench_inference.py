@@ -63,7 +63,7 @@ def bench_inference(
         (f"throughput, batch {r['batch_size']:,}, top {r['top_k']}",
          f"{r['users_per_s']:,.0f} users/s"),
         ("model FLOP/s in those batches", f"{r['gflops']:.1f} GFLOP/s"),
-        ("matmul ceiling (same run)", f"{r['ceiling_gflops']:.1f} GFLOP/s"),
+        ("matmul ceiling (decoder shape, same run)", f"{r['ceiling_gflops']:.1f} GFLOP/s"),
         ("fraction of ceiling", f"{r['fraction_of_ceiling']:.0%}"),
         (f"single user p50 / p90 / p99 ({r['single_calls']} calls, top {r['single_top_k']})",
          f"{lat['p50']:.2f} / {lat['p90']:.2f} / {lat['p99']:.2f} ms"),
