@@ -11,9 +11,11 @@ from rich.table import Table
 from vaecf.metrics import SELECTION_METRIC
 from vaecf.progress import console
 
+TRIO = ("ndcg@100", "recall@20", "recall@50")   # the paper's reported metrics
+
 
 def _metrics_text(metrics: dict[str, float]) -> str:
-    return "  ".join(f"{name} {value:.4f}" for name, value in metrics.items() if "@" in name)
+    return "  ".join(f"{name} {metrics[name]:.4f}" for name in TRIO if name in metrics)
 
 
 class TrainView:
@@ -57,9 +59,9 @@ class TrainView:
         if "validation" not in record:
             return
         mark = "  (best)" if best else ""
-        self.say(f"epoch {record['epoch']:>4}  loss {record['loss']:8.2f}  "
-                 f"β {record['beta']:.3f}  {record['users_per_s']:>9,.0f} users/s  "
-                 f"validation {_metrics_text(record['validation'])}{mark}")
+        self.say(f"epoch {record['epoch']:>3}  loss {record['loss']:.1f}  "
+                 f"β {record['beta']:.3f}  {record['users_per_s']:,.0f} users/s  "
+                 f"{_metrics_text(record['validation'])}{mark}")
 
 
 def summary_table(run: Any) -> Table:
