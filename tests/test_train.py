@@ -120,8 +120,9 @@ def test_resume_after_ctrl_c_equals_uninterrupted(small, tmp_path):
     stopped = RunDir.open(tmp_path / "resumed")
     assert stopped.status == "interrupted"
     assert stopped.progress["step"] < 4 * 5
-    train(settings, small, tmp_path / "resumed", cpu_backend(), quiet=True, resume=True,
-          log_json=log)
+    # Resuming takes the run's stored settings, whatever settings are passed.
+    train(load_settings(None), small, tmp_path / "resumed", cpu_backend(), quiet=True,
+          resume=True, log_json=log)
     straight, resumed = RunDir.open(tmp_path / "straight"), RunDir.open(tmp_path / "resumed")
     assert resumed.status == "complete" and resumed.progress == straight.progress
     for a, b in zip(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"),

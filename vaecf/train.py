@@ -188,26 +188,28 @@ def _resolve(settings: Settings, total_steps: int) -> Settings:
 
 def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume: bool = False,
           force: bool = False, quiet: bool = False, log_json: Path | None = None,
-          comm: Comm | None = None) -> RunDir | None:
+          comm: Comm | None = None, extend_to: int | None = None) -> RunDir | None:
     """Train (or resume) a Mult-VAE on the dataset directory ``data`` into run directory ``out``.
 
-    With ``resume`` the run's own settings are used (``settings.train.epochs`` may extend it).
+    With ``resume`` the run's own stored settings are used, not ``settings``; ``extend_to``
+    raises its epoch count.
     Returns the RunDir on the chief rank, None elsewhere. Raises VaecfError on bad input.
     """
     comm = comm or communicator()
     share_gpu_with_tensorflow(backend)
     dataset = Dataset.open(data)
     chief = comm.is_chief
-    view = TrainView(settings.train.epochs, quiet or not chief)
     if resume:
         run = RunDir.open(out)
         run.check_dataset(dataset)
-        stored = run.settings
-        settings = stored.model_copy(update={"train": stored.train.model_copy(
-            update={"epochs": settings.train.epochs})})
+        settings = run.settings
+        if extend_to is not None:
+            settings = settings.model_copy(update={"train": settings.train.model_copy(
+                update={"epochs": extend_to})})
     elif out.exists() and not force:
         raise VaecfError(f"run directory {out} already exists (use --resume to continue it "
                          "or --force to replace it)")
+    view = TrainView(settings.train.epochs, quiet or not chief)
     rows = to_backend_csr(backend, dataset.train_rows_for_rank(comm.rank, comm.size))
     total_rows = int(round(comm.allreduce_sum(float(rows.shape[0]))))
     steps = steps_per_epoch(total_rows, comm.size, settings.train.batch_size)
@@ -230,7 +232,9 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
     scorer = None
     history = list(run.history) if run else []
     log = open(log_json, "a", encoding="utf-8") if (log_json and chief) else None  # noqa: SIM115
-    status = "running"
+    # An early-stopped run stays stopped unless --epochs asks for more.
+    stopped = resume and run.status == "early-stopped" and extend_to is None
+    status = "early-stopped" if stopped else "running"
     epoch, start_batch, step = progress["epoch"], progress["batch"], progress["step"]
     # A saved partial epoch holds the whole job's sums (see the interrupt below): rank 0's.
     partial = (progress["partial"] if chief else None) or {

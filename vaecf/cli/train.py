@@ -114,6 +114,6 @@ def train(
     chosen = select_backend(settings.train.backend, say=None if quiet else lambda line:
                             console.print(line, markup=False, highlight=False))
     run = run_train(settings, data, out, chosen, resume=resume, force=force, quiet=quiet,
-                    log_json=log_json)
+                    log_json=log_json, extend_to=epochs)
     if run is not None and not quiet:
         console.print(summary_table(run))
