@@ -173,18 +173,28 @@ def test_two_rank_train_matches_one_process_quality(small_dataset, tmp_path, no_
         assert abs(metrics["two"][key] - metrics["one"][key]) < 0.05, (key, metrics)
 
 
-def _rank_process(launcher_pid: int, rank: int):
-    """The python process of rank ``rank`` among the launcher's descendants, or None."""
+def _rank_processes(launcher_pid: int) -> dict[int, object]:
+    """rank -> the python process of that rank among the launcher's descendants."""
     import psutil
 
+    ranks = {}
     for child in psutil.Process(launcher_pid).children(recursive=True):
         try:
-            if (child.environ().get("HOROVOD_RANK") == str(rank)
-                    and "vaecf" in child.cmdline() and child.name().startswith("python")):
-                return child
+            rank = child.environ().get("HOROVOD_RANK")
+            if rank is not None and "vaecf" in child.cmdline() and \
+                    child.name().startswith("python"):
+                ranks[int(rank)] = child
         except psutil.Error:
             continue
-    return None
+    return ranks
+
+
+def _wait_for_first_epoch(job: subprocess.Popen, log: Path, err: Path) -> None:
+    deadline = time.monotonic() + 600
+    while not (log.exists() and log.read_text().strip()):   # training is under way
+        assert job.poll() is None, err.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no epoch finished within 10 minutes"
+        time.sleep(0.2)
 
 
 @pytest.mark.dist
@@ -199,14 +209,8 @@ def test_a_dead_rank_fails_the_job_with_a_message(small_dataset, tmp_path, no_la
              "--backend", "cpu", "-q", "--log-json", str(log)],
             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     try:
-        deadline = time.monotonic() + 600
-        while not (log.exists() and log.read_text().strip()):   # training is under way
-            assert job.poll() is None, err.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no epoch finished within 10 minutes"
-            time.sleep(1)
-        victim = _rank_process(job.pid, 1)
-        assert victim is not None
-        victim.send_signal(signal.SIGKILL)
+        _wait_for_first_epoch(job, log, err)
+        _rank_processes(job.pid)[1].send_signal(signal.SIGKILL)
         code = job.wait(timeout=180)     # a hang fails the test here instead of blocking CI
     finally:
         if job.poll() is None:
@@ -216,3 +220,54 @@ def test_a_dead_rank_fails_the_job_with_a_message(small_dataset, tmp_path, no_la
     text = err.read_text()
     assert "distributed training failed: a rank of 2 exited with an error" in text
     assert len(log.read_text().splitlines()) < 500
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_HOROVOD, reason=NO_HOROVOD)
+def test_two_rank_run_resumed_mid_epoch_equals_uninterrupted(small_dataset, tmp_path,
+                                                              no_launcher):
+    """Ctrl-C (SIGINT to both ranks) mid-run saves a checkpoint; resuming with 2 ranks ends
+    bit-identical to an uninterrupted 2-rank run; resuming with 1 rank mid-epoch is refused."""
+    from vaecf.rundir import RunDir
+
+    args = ["train", "--data", small_dataset, "--epochs", 3, "--batch-size", 50, "--np", 2,
+            "--checkpoint-every", 100, "--backend", "cpu", "-q"]
+    run_vaecf(*args, "--out", tmp_path / "straight", cwd=tmp_path)
+    log, err = tmp_path / "epochs.jsonl", tmp_path / "stderr.txt"
+    with open(err, "w") as stderr:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "vaecf", *map(str, args), "--out", str(tmp_path / "resumed"),
+             "--log-json", str(log)],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    try:
+        _wait_for_first_epoch(job, log, err)
+        for rank in _rank_processes(job.pid).values():
+            rank.send_signal(signal.SIGINT)
+        try:
+            assert job.wait(timeout=300) == 0, err.read_text()[-3000:]
+        except subprocess.TimeoutExpired:
+            pytest.fail("the interrupted job did not stop:\n" + err.read_text()[-3000:])
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    stopped = RunDir.open(tmp_path / "resumed")
+    assert stopped.status == "interrupted" and stopped.progress["ranks"] == 2
+    if stopped.progress["batch"]:
+        refused = subprocess.run(
+            [sys.executable, "-m", "vaecf", "train", "--data", str(small_dataset), "--out",
+             str(tmp_path / "resumed"), "--resume", "--backend", "cpu", "-q"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert refused.returncode == 2
+        assert "stopped mid-epoch with 2 rank(s); resume it with that many" in refused.stderr
+    run_vaecf("train", "--data", small_dataset, "--out", tmp_path / "resumed", "--resume",
+              "--np", 2, "--backend", "cpu", "-q", cwd=tmp_path)
+    straight, resumed = RunDir.open(tmp_path / "straight"), RunDir.open(tmp_path / "resumed")
+    assert resumed.status == "complete"
+    # Epoch means of the interrupted epoch are summed in another order: equal to rounding.
+    assert [(h["step"], pytest.approx(h["loss"], rel=1e-9)) for h in resumed.history] == [
+        (h["step"], h["loss"]) for h in straight.history]
+    a, b = straight.load_model("last"), resumed.load_model("last")
+    for x, y in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
