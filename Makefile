@@ -37,8 +37,8 @@ demo: install
 
 bench: install
 	$(BIN)/vaecf bench prepare
-	$(BIN)/vaecf bench train --synthetic
-	$(BIN)/vaecf bench train --synthetic --amp
+	$(BIN)/vaecf bench train --synthetic 4000 --batch-size 500,2000
+	$(BIN)/vaecf bench train --synthetic 4000 --batch-size 500,2000 --amp
 	$(BIN)/vaecf bench inference --synthetic
 
 clean:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vaecf.errors import VaecfError
@@ -41,3 +41,21 @@ def atomic_directory(out: Path, force: bool = False) -> Iterator[Path]:
         out.rename(trash)
     tmp.rename(out)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def replace_file(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it onto ``path``:
+    readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (UTF-8)."""
+    replace_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -119,15 +118,3 @@ def to_table(recs: Recommendations, names: list[str | None] | None, item_map: It
         cells.append(f"{row['score']:.3f}")
         table.add_row(*cells)
     return table
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` under a temporary name beside ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

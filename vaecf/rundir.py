@@ -34,7 +34,6 @@ consistent run directory.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from datetime import datetime, timezone
 from functools import cached_property
@@ -45,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vaecf.atomic import atomic_directory
+from vaecf.atomic import atomic_directory, replace_file
 from vaecf.errors import VaecfError
 from vaecf.settings import Settings
 
@@ -54,20 +53,10 @@ VERSION = 1
 RUN_JSON = "run.json"
 
 
-def _replace_atomically(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the result onto ``path``."""
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """JSON, keys sorted, replaced atomically."""
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    _replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    replace_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def save_variables(path: Path, variables: list[Any]) -> None:
@@ -79,7 +68,7 @@ def save_variables(path: Path, variables: list[Any]) -> None:
         with open(tmp, "wb") as handle:  # a handle: np.savez would append ".npz" to a name
             np.savez(handle, **arrays)
 
-    _replace_atomically(path, write)
+    replace_file(path, write)
 
 
 def load_variables(path: Path, variables: list[Any]) -> None:

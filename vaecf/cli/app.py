@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 # Each command module registers its commands on import.
@@ -19,6 +20,9 @@ from vaecf.errors import VaecfError
 
 def main() -> None:
     """Run the app; a VaecfError becomes one red line on stderr and exit code 2."""
+    # TensorFlow's C++ INFO lines (CPU feature notices) are noise on every command; warnings and
+    # errors still show. A user's own setting wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     try:
         app()
     except VaecfError as error:

@@ -40,11 +40,11 @@ def bench_inference(
 ) -> None:
     from rich.table import Table
 
+    from vaecf.atomic import write_text
     from vaecf.bench_inference import run as run_bench
     from vaecf.bench_inference import synthetic_run
     from vaecf.errors import VaecfError
     from vaecf.progress import console
-    from vaecf.recommend_output import write_text_atomically
 
     def say(line: str) -> None:
         console.print(line, markup=False, highlight=False)
@@ -74,4 +74,4 @@ def bench_inference(
         table.add_row(name, value)
     console.print(table)
     if json_out is not None:
-        write_text_atomically(json_out, json.dumps(r, indent=2) + "\n")
+        write_text(json_out, json.dumps(r, indent=2) + "\n")

@@ -14,8 +14,8 @@ from vaecf.cli.common import bench_app
 def bench_prepare(
     rows: Annotated[int, typer.Option(help="Rows of the synthetic ML-20M-shaped CSV "
                                       "(users and items scale with it).")] = 20_000_263,
-    workdir: Annotated[Path, typer.Option(help="Where the CSV (cached) and the dataset go.")] = Path(
-        "/tmp/vaecf-bench"),
+    workdir: Annotated[Path, typer.Option(
+        help="Where the CSV (cached) and the dataset go.")] = Path("/tmp/vaecf-bench"),
     backend: Annotated[str, typer.Option(help="Backend prepare runs on: cpu or gpu.")] = "cpu",
 ) -> None:
     """Time `vaecf prepare` end to end on a synthetic MovieLens-20M-shaped CSV and report rows/s

@@ -15,7 +15,7 @@ HELP = """Training throughput (users/s) and the fraction of this machine's dense
 ceiling (measured in the same run) it reaches, on a dataset or on synthetic data shaped like
 MovieLens-20M (20,000 items, ~70 items per user).
 
-Example: [bold]vaecf bench train --synthetic --batch-size 500,2000[/]"""
+Example: [bold]vaecf bench train --synthetic 4000 --batch-size 500,2000[/]"""
 
 
 @bench_app.command("train", help=HELP)
@@ -46,6 +46,7 @@ def bench_train(
     from rich.console import Console
     from rich.table import Table
 
+    from vaecf.atomic import write_text
     from vaecf.backend import select_backend
     from vaecf.bench_train import bench, synthetic_matrix
     from vaecf.dataset import Dataset
@@ -105,4 +106,4 @@ def bench_train(
                       f"{r['ceiling_gflops']:.1f}", f"{r['fraction']:.0%}")
     Console().print(table)   # the result goes to stdout, progress to stderr
     if json_out is not None:
-        json_out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        write_text(json_out, json.dumps(results, indent=2) + "\n")

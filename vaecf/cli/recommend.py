@@ -58,6 +58,7 @@ def recommend(
     from rich.console import Console
     from rich.text import Text
 
+    from vaecf.atomic import write_text
     from vaecf.errors import VaecfError
     from vaecf.progress import Steps, console
     from vaecf.recommend import (
@@ -75,7 +76,6 @@ def recommend(
         to_csv,
         to_json,
         to_table,
-        write_text_atomically,
     )
     from vaecf.rundir import RunDir
 
@@ -121,6 +121,6 @@ def recommend(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        write_text_atomically(output, text)
+        write_text(output, text)
         if not quiet:
             console.print(f"wrote {output}", highlight=False, markup=False)

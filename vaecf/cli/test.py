@@ -36,6 +36,7 @@ def test(
     from rich.console import Console
     from rich.table import Table
 
+    from vaecf.atomic import write_text
     from vaecf.backend import select_backend
     from vaecf.errors import VaecfError
     from vaecf.evaluate import evaluate_run
@@ -61,4 +62,4 @@ def test(
                       f"{result['model'][name]:.4f}", f"{result['popularity'][name]:.4f}")
     Console().print(table)   # the result goes to stdout, progress to stderr
     if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_text(json_out, json.dumps(result, indent=2) + "\n")
