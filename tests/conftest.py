@@ -46,3 +46,16 @@ def cli(capsys, monkeypatch):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """The bundled MovieLens latest-small set, prepared once per session (read-only for tests)."""
+    from vaecf.backend import cpu_backend
+    from vaecf.prepare import EXAMPLES, prepare
+    from vaecf.settings import PrepareSettings
+
+    path, flags = EXAMPLES["movielens-small"]
+    out = tmp_path_factory.mktemp("shared") / "small"
+    prepare([str(path)], out, PrepareSettings(**flags), cpu_backend(), quiet=True)
+    return out

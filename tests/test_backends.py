@@ -128,18 +128,14 @@ def test_split_with_cupy_semantics_equals_cpu(data):
 # --- CSR batching and normalisation -----------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory):
+def small(small_dataset):
     from vaecf.dataset import Dataset
-    from vaecf.prepare import EXAMPLES, prepare
 
-    path, flags = EXAMPLES["movielens-small"]
-    out = tmp_path_factory.mktemp("backends") / "small"
-    prepare([str(path)], out, PrepareSettings(**flags), cpu_backend(), quiet=True)
-    return Dataset.open(out)
+    return Dataset.open(small_dataset)
 
 
-def test_entry_rows_matches_repeat_reference(small_dataset):
-    train = small_dataset.train_matrix()
+def test_entry_rows_matches_repeat_reference(small):
+    train = small.train_matrix()
     want = np.repeat(np.arange(train.shape[0]), np.diff(train.indptr))
     got = batches.entry_rows(STRICT, train.indptr)
     assert got.dtype == np.int64 and np.array_equal(got, want)
@@ -147,8 +143,8 @@ def test_entry_rows_matches_repeat_reference(small_dataset):
     assert batches.entry_rows(STRICT, empty_rows).tolist() == [1, 1, 3]
 
 
-def test_make_batch_matches_scipy_normalisation(small_dataset):
-    train = small_dataset.train_matrix()
+def test_make_batch_matches_scipy_normalisation(small):
+    train = small.train_matrix()
     matrix = batches.to_backend_csr(STRICT_BACKEND, train)
     order = batches.epoch_order(train.shape[0], 0, 0, 0)
     for lo in range(0, len(order), 97):
@@ -186,8 +182,8 @@ def _reference_metrics(scores, foldin, target, k):
     return np.array(ndcg), np.array(recall)
 
 
-def test_metrics_match_definitions(small_dataset):
-    foldin, target = small_dataset.heldout("test")
+def test_metrics_match_definitions(small):
+    foldin, target = small.heldout("test")
     scores = np.random.default_rng(0).standard_normal(foldin.shape).astype(np.float32)
     masked = metrics.exclude(STRICT, scores.copy(), foldin)
     ranked = metrics.top_k(STRICT, masked, 100)
@@ -275,17 +271,17 @@ def test_gpu_prepare_is_byte_identical_to_cpu(tmp_path, cli, data):
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_batches_and_metrics_equal_numpy(small_dataset):
+def test_gpu_batches_and_metrics_equal_numpy(small):
     from vaecf.backend import gpu_backend
 
     device = gpu_backend()
-    train = small_dataset.train_matrix()
+    train = small.train_matrix()
     rows = batches.epoch_order(train.shape[0], 0, 0, 0)[:256]
     a = batches.make_batch(device, batches.to_backend_csr(device, train), device.from_numpy(rows))
     b = batches.make_batch(cpu_backend(), train, rows)
     assert np.array_equal(device.to_numpy(a.indices), b.indices)
     np.testing.assert_allclose(device.to_numpy(a.values), b.values, rtol=1e-6)
-    foldin, target = small_dataset.heldout("test")
+    foldin, target = small.heldout("test")
     scores = np.random.default_rng(0).standard_normal(foldin.shape).astype(np.float32)
     xp, sparse = device.xp, device.xsparse
     ranked = metrics.top_k(xp, metrics.exclude(xp, xp.asarray(scores), sparse.csr_matrix(foldin)),

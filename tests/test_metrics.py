@@ -8,18 +8,6 @@ import scipy.sparse
 
 from vaecf import metrics
 from vaecf.backend import cpu_backend
-from vaecf.settings import PrepareSettings
-
-
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory):
-    """The bundled MovieLens latest-small set, prepared once."""
-    from vaecf.prepare import EXAMPLES, prepare
-
-    path, flags = EXAMPLES["movielens-small"]
-    out = tmp_path_factory.mktemp("metrics") / "small"
-    prepare([str(path)], out, PrepareSettings(**flags), cpu_backend(), quiet=True)
-    return out
 
 
 def _reference(scores: np.ndarray, foldin: np.ndarray, targets: np.ndarray, k: int):

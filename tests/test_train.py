@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from vaecf.backend import cpu_backend
-from vaecf.settings import PrepareSettings, load_settings
+from vaecf.settings import load_settings
 
 # Small enough to train in seconds, large enough to beat popularity on this data.
 QUICK = {"epochs": 12, "batch_size": 100, "lr": 0.003, "backend": "cpu"}
@@ -21,27 +21,17 @@ QUICK_MODEL = {"hidden": 200, "latent": 64}
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    from vaecf.prepare import EXAMPLES, prepare
-
-    path, flags = EXAMPLES["movielens-small"]
-    out = tmp_path_factory.mktemp("train") / "small"
-    prepare([str(path)], out, PrepareSettings(**flags), cpu_backend(), quiet=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def trained(small, tmp_path_factory):
+def trained(small_dataset, tmp_path_factory):
     from vaecf.train import train
 
     out = tmp_path_factory.mktemp("runs") / "quick"
     log = out.parent / "quick.jsonl"
     settings = load_settings(None, train=QUICK, model=QUICK_MODEL)
-    run = train(settings, small, out, cpu_backend(), quiet=True, log_json=log)
+    run = train(settings, small_dataset, out, cpu_backend(), quiet=True, log_json=log)
     return run, log
 
 
-def test_short_training_beats_popularity(trained, small, cli):
+def test_short_training_beats_popularity(trained, small_dataset, cli):
     run, _ = trained
     result = cli("test", "--run", run.path, "--json", run.path.parent / "test.json")
     assert result.code == 0, result.err
@@ -52,14 +42,14 @@ def test_short_training_beats_popularity(trained, small, cli):
     assert "NDCG@100" in result.out and "popularity" in result.out
 
 
-def test_run_directory_is_self_describing(trained, small):
+def test_run_directory_is_self_describing(trained, small_dataset):
     from vaecf.dataset import Dataset
     from vaecf.evaluate import evaluate, model_scorer
     from vaecf.rundir import RunDir
 
     run, log = trained
     reopened = RunDir.open(run.path)
-    dataset = Dataset.open(small)
+    dataset = Dataset.open(small_dataset)
     assert reopened.status == "complete"
     assert reopened.settings.train.epochs == QUICK["epochs"]
     assert reopened.settings.model.hidden == QUICK_MODEL["hidden"]
@@ -96,7 +86,7 @@ def _weights(path):
     return [w.numpy() for w in RunDir.open(path).load_model("last").weights]
 
 
-def test_resume_after_ctrl_c_equals_uninterrupted(small, tmp_path):
+def test_resume_after_ctrl_c_equals_uninterrupted(small_dataset, tmp_path):
     """Ctrl-C (a real SIGINT) stops at a step boundary with a checkpoint; --resume then ends
     with exactly the weights and history of a run that was never interrupted."""
     from vaecf.rundir import RunDir
@@ -104,7 +94,7 @@ def test_resume_after_ctrl_c_equals_uninterrupted(small, tmp_path):
 
     settings = load_settings(None, train={**QUICK, "epochs": 4, "checkpoint_every": 1},
                              model={"hidden": 64, "latent": 16})
-    train(settings, small, tmp_path / "straight", cpu_backend(), quiet=True)
+    train(settings, small_dataset, tmp_path / "straight", cpu_backend(), quiet=True)
 
     log = tmp_path / "log.jsonl"
 
@@ -115,13 +105,13 @@ def test_resume_after_ctrl_c_equals_uninterrupted(small, tmp_path):
 
     watcher = threading.Thread(target=interrupt_after_first_epoch, daemon=True)
     watcher.start()
-    train(settings, small, tmp_path / "resumed", cpu_backend(), quiet=True, log_json=log)
+    train(settings, small_dataset, tmp_path / "resumed", cpu_backend(), quiet=True, log_json=log)
     watcher.join(timeout=60)
     stopped = RunDir.open(tmp_path / "resumed")
     assert stopped.status == "interrupted"
     assert stopped.progress["step"] < 4 * 5
     # Resuming takes the run's stored settings, whatever settings are passed.
-    train(load_settings(None), small, tmp_path / "resumed", cpu_backend(), quiet=True,
+    train(load_settings(None), small_dataset, tmp_path / "resumed", cpu_backend(), quiet=True,
           resume=True, log_json=log)
     straight, resumed = RunDir.open(tmp_path / "straight"), RunDir.open(tmp_path / "resumed")
     assert resumed.status == "complete" and resumed.progress == straight.progress
@@ -134,7 +124,7 @@ def test_resume_after_ctrl_c_equals_uninterrupted(small, tmp_path):
     assert resumed.best["epoch"] == straight.best["epoch"]
 
 
-def test_bad_inputs_exit_2_with_one_line(small, tmp_path, trained, cli):
+def test_bad_inputs_exit_2_with_one_line(small_dataset, tmp_path, trained, cli):
     run, _ = trained
     quick = ["--epochs", "1", "--hidden", "16", "--latent", "4", "--backend", "cpu", "--quiet"]
 
@@ -147,16 +137,16 @@ def test_bad_inputs_exit_2_with_one_line(small, tmp_path, trained, cli):
 
     assert "not a vaecf dataset" in one_line_error("train", "--data", tmp_path, "--out",
                                                    tmp_path / "r", *quick)
-    assert "already exists" in one_line_error("train", "--data", small, "--out", run.path,
+    assert "already exists" in one_line_error("train", "--data", small_dataset, "--out", run.path,
                                               *quick)
     old = tmp_path / "old-format"
-    shutil.copytree(small, old)
+    shutil.copytree(small_dataset, old)
     meta = json.loads((old / "meta.json").read_text())
     (old / "meta.json").write_text(json.dumps({**meta, "version": 99}))
     assert "version 99" in one_line_error("train", "--data", old, "--out", tmp_path / "r2",
                                           *quick)
     other = tmp_path / "other"
-    shutil.copytree(small, other)
+    shutil.copytree(small_dataset, other)
     (other / "meta.json").write_text(json.dumps({**meta, "note": "another dataset"}))
     assert "not the dataset" in one_line_error("train", "--data", other, "--out", run.path,
                                                "--resume", *quick)

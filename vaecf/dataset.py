@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaecf.errors import VaecfError
+from vaecf.formats import read_header
 from vaecf.split import Csr
 
 FORMAT = "vaecf-dataset"
@@ -83,21 +84,7 @@ class Dataset:
     def open(cls, path: Path | str) -> Dataset:
         """Open and validate a dataset directory; VaecfError if it is not one we can read."""
         path = Path(path)
-        meta_path = path / "meta.json"
-        if not path.is_dir():
-            raise VaecfError(f"dataset directory not found: {path}")
-        if not meta_path.is_file():
-            raise VaecfError(f"{path} is not a vaecf dataset (no meta.json; run `vaecf prepare`)")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise VaecfError(f"{meta_path}: not valid JSON ({error})") from None
-        if meta.get("format") != FORMAT:
-            raise VaecfError(f"{path} is not a vaecf dataset (meta.json format is "
-                             f"{meta.get('format')!r})")
-        if meta.get("version") != VERSION:
-            raise VaecfError(f"{path}: dataset format version {meta.get('version')!r} is not "
-                             f"supported (this vaecf reads version {VERSION}); re-run prepare")
+        meta = read_header(path, "meta.json", FORMAT, VERSION, "vaecf dataset", "vaecf prepare")
         return cls(path, meta)
 
     @property

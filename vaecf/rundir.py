@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 from vaecf.atomic import atomic_directory, replace_file
 from vaecf.errors import VaecfError
+from vaecf.formats import read_header
 from vaecf.settings import Settings
 
 FORMAT = "vaecf-run"
@@ -131,22 +132,7 @@ class RunDir:
     def open(cls, path: Path | str) -> RunDir:
         """Open and validate a run directory; VaecfError (one line) if it is not one."""
         path = Path(path)
-        run_json = path / RUN_JSON
-        if not path.is_dir():
-            raise VaecfError(f"run directory not found: {path}")
-        if not run_json.is_file():
-            raise VaecfError(f"{path} is not a vaecf run directory (no {RUN_JSON}; "
-                             "made by `vaecf train`)")
-        try:
-            meta = json.loads(run_json.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise VaecfError(f"{run_json}: not valid JSON ({error})") from None
-        if meta.get("format") != FORMAT:
-            raise VaecfError(f"{path} is not a vaecf run directory (format "
-                             f"{meta.get('format')!r})")
-        if meta.get("version") != VERSION:
-            raise VaecfError(f"{path}: run format version {meta.get('version')!r} is not "
-                             f"supported (this vaecf reads version {VERSION})")
+        meta = read_header(path, RUN_JSON, FORMAT, VERSION, "vaecf run directory", "vaecf train")
         return cls(path, meta)
 
     # ---- what the run is ------------------------------------------------------------------
