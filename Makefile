@@ -30,7 +30,7 @@ lint: install
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/vaecf prepare --example movielens-small --out $(DEMO)/data
-	$(BIN)/vaecf train --data $(DEMO)/data --out $(DEMO)/run --epochs 30
+	$(BIN)/vaecf train --data $(DEMO)/data --out $(DEMO)/run --epochs 30 --batch-size 50
 	$(BIN)/vaecf test --run $(DEMO)/run
 	$(BIN)/vaecf recommend --run $(DEMO)/run --user-items 1,50,260,1196,1210 \
 		--item-names vaecf/data/movielens-small/movies.csv --name-col title
