@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vaecf.cli.common import bench_app
+from vaecf.cli.common import bench_app, summary
 
 HELP = """Serving speed of a trained run on this machine: large-batch throughput (users/s, top-k
 included) as a fraction of the measured matmul FLOP ceiling, and single-user latency
@@ -18,7 +18,7 @@ Examples: [bold]vaecf bench inference --run runs/ml --json bench-inference.json[
 [bold]vaecf bench inference --synthetic[/]  (a 20,000-item model, built once)"""
 
 
-@bench_app.command("inference", help=HELP)
+@bench_app.command("inference", help=HELP, short_help=summary(HELP))
 def bench_inference(
     run: Annotated[Path | None, typer.Option(
         "--run", help="Run directory written by `vaecf train`.", file_okay=False,

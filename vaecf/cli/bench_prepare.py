@@ -7,10 +7,13 @@ from typing import Annotated
 
 import typer
 
-from vaecf.cli.common import bench_app
+from vaecf.cli.common import bench_app, summary
+
+HELP = """Time `vaecf prepare` end to end on a synthetic MovieLens-20M-shaped CSV and report rows/s
+and peak memory (target on a 2-core CPU: >= 1,000,000 rows/s, < 4 GB)."""
 
 
-@bench_app.command("prepare")
+@bench_app.command("prepare", help=HELP, short_help=summary(HELP))
 def bench_prepare(
     rows: Annotated[int, typer.Option(help="Rows of the synthetic ML-20M-shaped CSV "
                                       "(users and items scale with it).")] = 20_000_263,
@@ -18,8 +21,6 @@ def bench_prepare(
         help="Where the CSV (cached) and the dataset go.")] = Path("/tmp/vaecf-bench"),
     backend: Annotated[str, typer.Option(help="Backend prepare runs on: cpu or gpu.")] = "cpu",
 ) -> None:
-    """Time `vaecf prepare` end to end on a synthetic MovieLens-20M-shaped CSV and report rows/s
-    and peak memory (target on a 2-core CPU: >= 1,000,000 rows/s, < 4 GB)."""
     from rich.table import Table
 
     from vaecf.bench_prepare import run

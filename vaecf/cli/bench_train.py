@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from vaecf.cli.common import BackendOption, ConfigOption, bench_app
+from vaecf.cli.common import BackendOption, ConfigOption, bench_app, summary
 
 HELP = """Training throughput (users/s) and the fraction of this machine's dense-matmul FLOP/s
 ceiling (measured in the same run) it reaches, on a dataset or on synthetic data shaped like
@@ -18,7 +18,7 @@ MovieLens-20M (20,000 items, ~70 items per user).
 Example: [bold]vaecf bench train --synthetic 4000 --batch-size 500,2000[/]"""
 
 
-@bench_app.command("train", help=HELP)
+@bench_app.command("train", help=HELP, short_help=summary(HELP))
 def bench_train(
     data: Annotated[Path | None, typer.Option(
         "--data", "-d", help="Dataset directory whose training users are used.",

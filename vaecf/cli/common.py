@@ -45,3 +45,9 @@ BackendOption = Annotated[
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+
+
+def summary(help_text: str) -> str:
+    """The first paragraph of a command's help on one line, for the command list (Typer keeps
+    the hard line breaks of the source there)."""
+    return " ".join(help_text.strip().split("\n\n")[0].split())

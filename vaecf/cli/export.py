@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vaecf.cli.common import QuietOption, app
+from vaecf.cli.common import QuietOption, app, summary
 
 HELP = """Export a run's best model as a TensorFlow SavedModel that recommends from original
 item ids (strings) on its own: id mapping, exclusion of the user's items and top-k run inside
@@ -16,7 +16,7 @@ the graph; TensorFlow Serving or tf.saved_model.load need no vaecf.
 Example: [bold]vaecf export --run runs/ml --out serving/ml/1 --top-k 100[/]"""
 
 
-@app.command(help=HELP)
+@app.command(help=HELP, short_help=summary(HELP))
 def export(
     run: Annotated[Path, typer.Option("--run", help="Run directory written by `vaecf train`.",
                                       file_okay=False)] = ...,

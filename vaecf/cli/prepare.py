@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vaecf.cli.common import BackendOption, ConfigOption, QuietOption, app
+from vaecf.cli.common import BackendOption, ConfigOption, QuietOption, app, summary
 
 HELP = """Turn interaction files into a dataset directory: filter, split users into train /
 validation / test (strong generalization), and write CSR shards.
@@ -16,7 +16,7 @@ Example: [bold]vaecf prepare ratings.csv --user-col userId --item-col movieId
 --rating-col rating --min-rating 3.5 --out data/[/]"""
 
 
-@app.command(help=HELP)
+@app.command(help=HELP, short_help=summary(HELP))
 def prepare(
     files: Annotated[
         list[str] | None,

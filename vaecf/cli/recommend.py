@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vaecf.cli.common import QuietOption, app
+from vaecf.cli.common import QuietOption, app, summary
 
 HELP = """Recommend items for new users from the original ids of items they like (the model's
 fold-in): unknown ids are skipped with a warning, the given items are excluded, the top k are
@@ -18,7 +18,7 @@ Examples:
 [bold]vaecf recommend --run runs/ml --input users.csv --format csv --output recs.csv[/]"""
 
 
-@app.command(help=HELP)
+@app.command(help=HELP, short_help=summary(HELP))
 def recommend(
     run: Annotated[Path, typer.Option("--run", help="Run directory written by `vaecf train`.",
                                       file_okay=False)] = ...,

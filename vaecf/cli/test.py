@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vaecf.cli.common import BackendOption, ConfigOption, app
+from vaecf.cli.common import BackendOption, ConfigOption, app, summary
 
 HELP = """Rank the held-out users' items with a run's best weights and print NDCG@k and
 Recall@k, beside a popularity baseline on the same users (fold-in items excluded).
@@ -15,7 +15,7 @@ Recall@k, beside a popularity baseline on the same users (fold-in items excluded
 Example: [bold]vaecf test --run runs/ml1m[/]"""
 
 
-@app.command(help=HELP)
+@app.command(help=HELP, short_help=summary(HELP))
 def test(
     run: Annotated[Path, typer.Option("--run", "-r", help="Run directory (from vaecf train).",
                                       file_okay=False)] = ...,

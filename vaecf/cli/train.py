@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vaecf.cli.common import BackendOption, ConfigOption, QuietOption, app
+from vaecf.cli.common import BackendOption, ConfigOption, QuietOption, app, summary
 
 HELP = """Train a Mult-VAE on a dataset directory (from `vaecf prepare`) into a run directory:
 best weights by validation NDCG@100, optimizer state, settings, item map, metrics history.
@@ -17,7 +17,7 @@ Ctrl-C saves a resumable checkpoint; --resume continues it.
 Example: [bold]vaecf train --data data/ --out runs/ml1m[/]"""
 
 
-@app.command(help=HELP)
+@app.command(help=HELP, short_help=summary(HELP))
 def train(
     data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory.",
                                        file_okay=False)] = ...,
