@@ -153,7 +153,7 @@ def test_formats_gzip_globs_and_multichar_separator(tmp_path, cli):
     """A gzip TSV split in two files (globbed) and a '::' file give the ml-100k dataset."""
     import gzip
 
-    lines = ML_100K.read_text().splitlines()
+    lines = need(ML_100K).read_text().splitlines()
     half = len(lines) // 2
     for k, chunk in enumerate((lines[:half], lines[half:])):
         with gzip.open(tmp_path / f"part{k}.tsv.gz", "wt") as handle:
