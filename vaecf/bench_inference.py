@@ -34,6 +34,7 @@ import scipy.sparse
 
 from vaecf.bench_train import matmul_flops
 from vaecf.errors import VaecfError
+from vaecf.flops import forward_flops_per_user
 from vaecf.recommend import ItemMap, Recommender, Request, score_request
 
 SINGLE_K = 10  # what `vaecf recommend` returns by default
@@ -98,13 +99,6 @@ def _timed(call: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def model_flops(model: Any, batch: int, nnz: int) -> float:
-    """FLOPs of one evaluation forward of ``batch`` users with ``nnz`` known items in total."""
-    hidden, latent, items = model.hidden, model.latent, model.n_items
-    return 2.0 * nnz * hidden + 2.0 * batch * (hidden * 2 * latent + latent * hidden
-                                                + hidden * items)
-
-
 def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: int = 200,
         rounds: int = 3, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure a run's serving speed; returns the figures (see the module docstring).
@@ -151,7 +145,8 @@ def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: 
     first = model.encoder_hidden.kernel
     weight_bytes = 4 * (sum(int(np.prod(w.shape)) for w in model.weights)
                         - int(np.prod(first.shape)) + single_nnz * first.shape[1])
-    achieved = model_flops(model, batch_size, batch.nnz) / seconds
+    achieved = batch_size * forward_flops_per_user(
+        model.n_items, model.hidden, model.latent, batch.nnz / batch_size) / seconds
     return {
         "items": run.n_items, "hidden": model.hidden, "latent": model.latent,
         "batch_size": batch_size, "top_k": top_k, "rounds": rounds,
