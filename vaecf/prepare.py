@@ -95,10 +95,11 @@ def split_interactions(backend: Backend, enc: Encoded, cfg: PrepareSettings) -> 
 
     def rows_of(mask: Any) -> tuple[Any, Any, Any]:
         """Row numbers of the masked pairs' users (in id order) and the users themselves."""
-        members = xp.flatnonzero(xp.bincount(users[mask], minlength=n_kept_users) > 0)
+        masked = users[mask]
+        members = xp.flatnonzero(xp.bincount(masked, minlength=n_kept_users) > 0)
         row = xp.full(n_kept_users, -1, dtype=xp.int64)
         row[members] = xp.arange(members.shape[0])
-        return row[users[mask]], members, int(members.shape[0])
+        return row[masked], members, int(members.shape[0])
 
     rows, members, n_rows = rows_of(is_train)
     train = split.to_csr(xp, rows, cols[is_train], n_rows, n_cols)
@@ -112,10 +113,11 @@ def split_interactions(backend: Backend, enc: Encoded, cfg: PrepareSettings) -> 
         mask &= counts[users] >= 2
         dropped_users += int(((labels == label) & (counts < 2)).sum())
         rows, members, n_rows = rows_of(mask)
-        target = split.target_mask(xp, rows, cols[mask], n_rows, cfg.seed, cfg.holdout_fraction)
+        held = cols[mask]  # one gather over all pairs, not three
+        target = split.target_mask(xp, rows, held, n_rows, cfg.seed, cfg.holdout_fraction)
         heldout[name] = (
-            split.to_csr(xp, rows[~target], cols[mask][~target], n_rows, n_cols),
-            split.to_csr(xp, rows[target], cols[mask][target], n_rows, n_cols),
+            split.to_csr(xp, rows[~target], held[~target], n_rows, n_cols),
+            split.to_csr(xp, rows[target], held[target], n_rows, n_cols),
         )
         user_rows[name] = user_codes[members]
 
