@@ -33,7 +33,7 @@ demo: install
 	$(BIN)/vaecf train --data $(DEMO)/data --out $(DEMO)/run --epochs 30 --batch-size 50
 	$(BIN)/vaecf test --run $(DEMO)/run
 	$(BIN)/vaecf recommend --run $(DEMO)/run --user-items 1,50,260,1196,1210 \
-		--item-names vaecf/data/movielens-small/movies.csv --name-col title
+		--item-names vaecf/examples/movielens-small/movies.csv --name-col title
 
 bench: install
 	$(BIN)/vaecf bench prepare

@@ -1,11 +1,11 @@
 """Compare the CuPy path of vaecf's backend-generic code with the NumPy path, on a real GPU.
 
 Runs where CuPy and a CUDA device exist but TensorFlow and cuDF need not: it imports only
-vaecf.split, vaecf.batches (its array part), vaecf.metrics and, when pydantic-settings is
-there, vaecf.prepare (pyarrow reader + split on either backend). Every check must give
-byte-identical integer arrays (split, CSR, top-k) and float results equal to a few ulps
-(normalisation, metrics). Prints a pass/fail table and a few CuPy-vs-NumPy timings; exits 1 on
-any failure.
+vaecf.data.split, vaecf.model.batches (its array part), vaecf.evaluation.metrics and, when
+pydantic-settings is there, vaecf.data.prepare (pyarrow reader + split on either backend).
+Every check must give byte-identical integer arrays (split, CSR, top-k) and float results equal
+to a few ulps (normalisation, metrics). Prints a pass/fail table and a few CuPy-vs-NumPy
+timings; exits 1 on any failure.
 
     python scripts/gpu_check.py [--users 200000 --items 20000 --pairs 5000000]
 """
@@ -25,8 +25,10 @@ import scipy.sparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vaecf import batches, metrics, split  # noqa: E402  (after the path fix)
 from vaecf.backend import cpu_backend, gpu_backend, gpu_status  # noqa: E402
+from vaecf.data import split  # noqa: E402  (after the path fix)
+from vaecf.evaluation import metrics  # noqa: E402
+from vaecf.model import batches  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS: list[tuple[str, str, str]] = []
@@ -131,8 +133,8 @@ def main() -> int:
     def _() -> str:
         import pyarrow as pa
 
-        from vaecf.ingest import Encoded
-        from vaecf.prepare import split_interactions
+        from vaecf.data.prepare import split_interactions
+        from vaecf.data.readers import Encoded
         from vaecf.settings import PrepareSettings
 
         enc = Encoded(np_u, np_i, pa.array(np.arange(args.users)), pa.array(np.arange(args.items)),
@@ -164,7 +166,7 @@ def main() -> int:
 
     @check("prepare movielens-small: dataset files byte-identical")
     def _() -> str:
-        from vaecf.prepare import EXAMPLES, prepare
+        from vaecf.data.prepare import EXAMPLES, prepare
         from vaecf.settings import PrepareSettings
 
         path, flags = EXAMPLES["movielens-small"]
@@ -183,7 +185,7 @@ def main() -> int:
                               if digests["cpu", seed][n] != digests["gpu", seed].get(n)]
                     raise AssertionError(f"seed {seed}: files differ: {differ}")
             # The CPU dataset's matrices feed the batching and metric checks below.
-            from vaecf.dataset import Dataset
+            from vaecf.data.dataset import Dataset
 
             ds = Dataset.open(Path(tmp) / "cpu-0")
             state["train"] = ds.train_matrix()
@@ -201,7 +203,7 @@ def main() -> int:
     @check("make_batch: CuPy CSR slice + L2 norm")
     def _() -> str:
         train = state["train"]
-        host, dev = batches.to_backend_csr(cpu, train), batches.to_backend_csr(gpu, train)
+        host, dev = cpu.csr(train), gpu.csr(train)
         order = batches.epoch_order(train.shape[0], 0, 0, 0)
         worst = 0.0
         for lo in range(0, len(order), 128):

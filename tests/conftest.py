@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("VAECF_SHARED_DATA", ROOT.parent / "shared" / "data"))
 ML_100K = SHARED_DATA / "ml-100k" / "u.data"
 ML_1M = SHARED_DATA / "ml-1m" / "ratings.parquet"
-ML_SMALL = ROOT / "vaecf" / "data" / "movielens-small" / "ratings.csv"
+ML_SMALL = ROOT / "vaecf" / "examples" / "movielens-small" / "ratings.csv"
 
 
 def need(path: Path) -> Path:
@@ -52,7 +52,7 @@ def cli(capsys, monkeypatch):
 def small_dataset(tmp_path_factory) -> Path:
     """The bundled MovieLens latest-small set, prepared once per session (read-only for tests)."""
     from vaecf.backend import cpu_backend
-    from vaecf.prepare import EXAMPLES, prepare
+    from vaecf.data.prepare import EXAMPLES, prepare
     from vaecf.settings import PrepareSettings
 
     path, flags = EXAMPLES["movielens-small"]

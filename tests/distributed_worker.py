@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py, as one process or as every rank under ``horovodrun``.
 
-Trains the real :class:`vaecf.train.Trainer` for a few steps with dropout 0 and z = mu (no
+Trains the real :class:`vaecf.training.loop.Trainer` for a few steps with dropout 0 and z = mu (no
 noise), on fixed global batches of the real training users: global batch s is users
 [s·G, (s+1)·G), and rank r of N takes the r-th of N equal slices of it. Rank r initialises its
 weights with seed r, so agreement with the single process (seed 0) also proves the broadcast
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from vaecf.backend import cpu_backend
-from vaecf.batches import Batch, make_batch, tf_converter
-from vaecf.dataset import Dataset
-from vaecf.distributed import communicator
+from vaecf.data.dataset import Dataset
+from vaecf.model.batches import Batch, make_batch
 from vaecf.settings import ModelSettings, Settings, TrainSettings
-from vaecf.train import Trainer
+from vaecf.training.distributed import communicator
+from vaecf.training.loop import Trainer
 
 
 def main(data: Path, out: Path, global_batch: int, steps: int) -> None:
@@ -33,7 +33,7 @@ def main(data: Path, out: Path, global_batch: int, steps: int) -> None:
     trainer.model.sample_latent = False
     comm.broadcast_variables(trainer.state_variables)
     backend, matrix = cpu_backend(), dataset.train_matrix()
-    convert = tf_converter(backend)
+    convert = backend.to_tf
     share = global_batch // comm.size
     for step in range(steps):
         first = step * global_batch + comm.rank * share

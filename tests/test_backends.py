@@ -15,13 +15,15 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse
 from conftest import ML_1M, ML_100K, ML_SMALL, need
 
-from vaecf import batches, gpu_ingest, metrics, split
-from vaecf.backend import Backend, cpu_backend, gpu_status
+from vaecf.backend import CpuBackend, cpu_backend, gpu_status
+from vaecf.data import frames as gpu_ingest
+from vaecf.data import split
+from vaecf.data.readers import ColumnSpec, encode, read_inputs
 from vaecf.errors import VaecfError
-from vaecf.ingest import ColumnSpec, encode, read_inputs
+from vaecf.evaluation import metrics
+from vaecf.model import batches
 from vaecf.settings import PrepareSettings
 
 
@@ -46,7 +48,7 @@ class _StrictNumpy(SimpleNamespace):
 
 
 STRICT = _StrictNumpy()
-STRICT_BACKEND = Backend("cpu", STRICT, scipy.sparse)
+STRICT_BACKEND = CpuBackend(xp=STRICT)
 GPU_OK, GPU_WHY = gpu_status()
 gpu = pytest.mark.skipif(not GPU_OK, reason=f"no usable GPU: {GPU_WHY}")
 
@@ -109,7 +111,7 @@ def test_split_with_cupy_semantics_equals_cpu(data):
         paths, (spec, min_rating) = [ML_SMALL], SMALL_SPEC
     else:
         paths, (spec, min_rating) = [need(ML_100K)], ML_100K_SPEC
-    from vaecf.prepare import split_interactions
+    from vaecf.data.prepare import split_interactions
 
     enc = encode(read_inputs(paths, spec), min_rating)
     cfg = PrepareSettings(seed=7)
@@ -129,7 +131,7 @@ def test_split_with_cupy_semantics_equals_cpu(data):
 
 @pytest.fixture(scope="module")
 def small(small_dataset):
-    from vaecf.dataset import Dataset
+    from vaecf.data.dataset import Dataset
 
     return Dataset.open(small_dataset)
 
@@ -145,7 +147,7 @@ def test_entry_rows_matches_repeat_reference(small):
 
 def test_make_batch_matches_scipy_normalisation(small):
     train = small.train_matrix()
-    matrix = batches.to_backend_csr(STRICT_BACKEND, train)
+    matrix = STRICT_BACKEND.csr(train)
     order = batches.epoch_order(train.shape[0], 0, 0, 0)
     for lo in range(0, len(order), 97):
         rows = order[lo: lo + 97]
@@ -277,7 +279,7 @@ def test_gpu_batches_and_metrics_equal_numpy(small):
     device = gpu_backend()
     train = small.train_matrix()
     rows = batches.epoch_order(train.shape[0], 0, 0, 0)[:256]
-    a = batches.make_batch(device, batches.to_backend_csr(device, train), device.from_numpy(rows))
+    a = batches.make_batch(device, device.csr(train), device.from_numpy(rows))
     b = batches.make_batch(cpu_backend(), train, rows)
     assert np.array_equal(device.to_numpy(a.indices), b.indices)
     np.testing.assert_allclose(device.to_numpy(a.values), b.values, rtol=1e-6)

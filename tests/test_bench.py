@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from vaecf.flops import forward_flops_per_user, train_flops_per_user
+from vaecf.bench.flops import forward_flops_per_user, train_flops_per_user
 
 
 def test_flop_counts_follow_the_layer_sizes():

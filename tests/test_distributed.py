@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vaecf.backend.probe import pin_rank_gpu, visible_gpus
 from vaecf.errors import VaecfError
-from vaecf.launch import launcher_command, parse_hosts, pin_rank_gpu, plan, visible_gpus
+from vaecf.training.launch import launcher_command, parse_hosts, plan
 
 HAS_HOROVOD = importlib.util.find_spec("horovod") is not None
 NO_HOROVOD = "Horovod is not installed (`make install` builds it from source)"
@@ -92,7 +93,7 @@ def test_one_rank_or_under_a_launcher_trains_in_process(no_launcher, monkeypatch
 
 
 def test_launcher_command_reruns_vaecf_as_every_rank(no_launcher):
-    from vaecf.launch import Job
+    from vaecf.training.launch import Job
 
     cpu = launcher_command(Job(2, False, "localhost:2"), ["train", "--np", "2"])
     assert cpu[1:8] == ["-m", "horovod.runner.launch", "-np", "2", "-H", "localhost:2", "--gloo"]
@@ -152,7 +153,7 @@ def test_two_ranks_match_one_process_step_for_step(small_dataset, tmp_path, no_l
 def test_two_rank_train_matches_one_process_quality(small_dataset, tmp_path, no_launcher):
     """vaecf train --np 2 writes one complete run whose test metrics are in line with a
     1-process run of the same global batch (100 per rank x 2 = 200) and epochs."""
-    from vaecf.rundir import RunDir
+    from vaecf.model.rundir import RunDir
 
     metrics = {}
     for name, flags in (("one", ["--batch-size", "200"]),
@@ -229,7 +230,7 @@ def test_two_rank_run_resumed_mid_epoch_equals_uninterrupted(small_dataset, tmp_
                                                               no_launcher):
     """Ctrl-C (SIGINT to both ranks) mid-run saves a checkpoint; resuming with 2 ranks ends
     bit-identical to an uninterrupted 2-rank run; resuming with 1 rank mid-epoch is refused."""
-    from vaecf.rundir import RunDir
+    from vaecf.model.rundir import RunDir
 
     args = ["train", "--data", small_dataset, "--epochs", 3, "--batch-size", 50, "--np", 2,
             "--checkpoint-every", 100, "--backend", "cpu", "-q"]
@@ -253,8 +254,8 @@ def test_two_rank_run_resumed_mid_epoch_equals_uninterrupted(small_dataset, tmp_
             os.killpg(job.pid, signal.SIGKILL)
             job.wait()
     stopped = RunDir.open(tmp_path / "resumed")
-    assert stopped.status == "interrupted" and stopped.progress["ranks"] == 2
-    if stopped.progress["batch"]:
+    assert stopped.status == "interrupted" and stopped.progress.ranks == 2
+    if stopped.progress.batch:
         refused = subprocess.run(
             [sys.executable, "-m", "vaecf", "train", "--data", str(small_dataset), "--out",
              str(tmp_path / "resumed"), "--resume", "--backend", "cpu", "-q"],

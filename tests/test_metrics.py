@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from vaecf import metrics
 from vaecf.backend import cpu_backend
+from vaecf.evaluation import metrics
 
 
 def _reference(scores: np.ndarray, foldin: np.ndarray, targets: np.ndarray, k: int):
@@ -68,8 +68,8 @@ def test_fold_in_items_are_never_recommended():
 
 
 def test_evaluate_popularity_baseline_on_bundled_data(small_dataset):
-    from vaecf.dataset import Dataset
-    from vaecf.evaluate import evaluate, popularity_scorer
+    from vaecf.data.dataset import Dataset
+    from vaecf.evaluation.protocol import evaluate, popularity_scorer
 
     backend = cpu_backend()
     dataset = Dataset.open(small_dataset)

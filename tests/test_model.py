@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vaecf.model import MultVAE, kl_divergence, multinomial_nll
+from vaecf.model.multvae import MultVAE, kl_divergence, multinomial_nll
 
 N_ITEMS = 300
 

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ML_1M, ML_100K, ML_SMALL, need
 
-from vaecf.dataset import Dataset
-from vaecf.split import n_targets_expected
+from vaecf.data.dataset import Dataset
+from vaecf.data.split import n_targets_expected
 
 # Published figures (../shared/data/README.md): rows, users, items.
 PUBLISHED = {
@@ -25,7 +25,7 @@ PUBLISHED = {
 def prepared(tmp_path_factory):
     """The three datasets prepared once with every interaction kept (no rating threshold)."""
     from vaecf.backend import cpu_backend
-    from vaecf.prepare import prepare
+    from vaecf.data.prepare import prepare
     from vaecf.settings import PrepareSettings
 
     root = tmp_path_factory.mktemp("prepared")

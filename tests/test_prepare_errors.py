@@ -70,7 +70,7 @@ def test_existing_output_refused_without_force(tmp_path, cli):
 
 def test_interrupt_leaves_nothing_behind(tmp_path, monkeypatch):
     """Ctrl-C while writing: no output directory and no temporary directory remain."""
-    import vaecf.prepare as prepare_module
+    import vaecf.data.prepare as prepare_module
     from vaecf.backend import cpu_backend
     from vaecf.settings import PrepareSettings
 

@@ -21,9 +21,9 @@ MOVIES = ML_SMALL.parent / "movies.csv"
 def _train_runs(base: Path) -> dict[str, Path]:
     """Prepare and train two small runs once per session (both test modules share them)."""
     from vaecf.backend import cpu_backend
-    from vaecf.prepare import EXAMPLES, prepare
+    from vaecf.data.prepare import EXAMPLES, prepare
     from vaecf.settings import PrepareSettings, Settings
-    from vaecf.train import train
+    from vaecf.training.loop import train
 
     ratings = pacsv.read_csv(ML_SMALL)
     strings = base / "ratings-string-ids.csv"
@@ -168,9 +168,9 @@ def test_blocked_top_k_equals_tf_top_k_on_real_logits(runs):
     import numpy as np
     import tensorflow as tf
 
-    from vaecf.dataset import Dataset
-    from vaecf.recommend import blocked_top_k
-    from vaecf.rundir import RunDir
+    from vaecf.data.dataset import Dataset
+    from vaecf.model.rundir import RunDir
+    from vaecf.serving.graph import blocked_top_k
 
     run = RunDir.open(runs["int"])
     foldin, _ = Dataset.open(run.dataset_path).heldout("test")

@@ -22,7 +22,7 @@ QUICK_MODEL = {"hidden": 200, "latent": 64}
 
 @pytest.fixture(scope="module")
 def trained(small_dataset, tmp_path_factory):
-    from vaecf.train import train
+    from vaecf.training.loop import train
 
     out = tmp_path_factory.mktemp("runs") / "quick"
     log = out.parent / "quick.jsonl"
@@ -43,9 +43,9 @@ def test_short_training_beats_popularity(trained, small_dataset, cli):
 
 
 def test_run_directory_is_self_describing(trained, small_dataset):
-    from vaecf.dataset import Dataset
-    from vaecf.evaluate import evaluate, model_scorer
-    from vaecf.rundir import RunDir
+    from vaecf.data.dataset import Dataset
+    from vaecf.evaluation.protocol import evaluate, model_scorer
+    from vaecf.model.rundir import RunDir
 
     run, log = trained
     reopened = RunDir.open(run.path)
@@ -54,7 +54,7 @@ def test_run_directory_is_self_describing(trained, small_dataset):
     assert reopened.settings.train.epochs == QUICK["epochs"]
     assert reopened.settings.model.hidden == QUICK_MODEL["hidden"]
     # The default schedule is resolved and stored: β reaches the cap halfway.
-    steps = reopened.progress["step"]
+    steps = reopened.progress.step
     assert reopened.settings.train.anneal_steps == pytest.approx(
         steps * 0.5 / reopened.settings.train.anneal_cap, abs=1)
     assert reopened.history[-1]["beta"] == pytest.approx(0.2)
@@ -81,7 +81,7 @@ def test_run_directory_is_self_describing(trained, small_dataset):
 
 
 def _weights(path):
-    from vaecf.rundir import RunDir
+    from vaecf.model.rundir import RunDir
 
     return [w.numpy() for w in RunDir.open(path).load_model("last").weights]
 
@@ -89,8 +89,8 @@ def _weights(path):
 def test_resume_after_ctrl_c_equals_uninterrupted(small_dataset, tmp_path):
     """Ctrl-C (a real SIGINT) stops at a step boundary with a checkpoint; --resume then ends
     with exactly the weights and history of a run that was never interrupted."""
-    from vaecf.rundir import RunDir
-    from vaecf.train import train
+    from vaecf.model.rundir import RunDir
+    from vaecf.training.loop import train
 
     settings = load_settings(None, train={**QUICK, "epochs": 4, "checkpoint_every": 1},
                              model={"hidden": 64, "latent": 16})
@@ -109,7 +109,7 @@ def test_resume_after_ctrl_c_equals_uninterrupted(small_dataset, tmp_path):
     watcher.join(timeout=60)
     stopped = RunDir.open(tmp_path / "resumed")
     assert stopped.status == "interrupted"
-    assert stopped.progress["step"] < 4 * 5
+    assert stopped.progress.step < 4 * 5
     # Resuming takes the run's stored settings, whatever settings are passed.
     train(load_settings(None), small_dataset, tmp_path / "resumed", cpu_backend(), quiet=True,
           resume=True, log_json=log)

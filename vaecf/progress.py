@@ -46,8 +46,3 @@ class Steps:
 
         yield advance
         self._progress.update(task, completed=total)
-
-    def say(self, line: str) -> None:
-        """One line of information above the bars."""
-        if not self.quiet:
-            self._progress.console.print(line, markup=False, highlight=False)

@@ -14,7 +14,7 @@ from vaecf.cli import prepare as _prepare  # noqa: F401
 from vaecf.cli import recommend as _recommend  # noqa: F401
 from vaecf.cli import test as _test  # noqa: F401
 from vaecf.cli import train as _train  # noqa: F401
-from vaecf.cli.common import app
+from vaecf.cli.common import app, install_logging
 from vaecf.errors import VaecfError
 
 
@@ -23,6 +23,7 @@ def main() -> None:
     # TensorFlow's C++ INFO lines (CPU feature notices) are noise on every command; warnings and
     # errors still show. A user's own setting wins.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    install_logging()
     try:
         app()
     except VaecfError as error:

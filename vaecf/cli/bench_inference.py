@@ -41,19 +41,17 @@ def bench_inference(
     from rich.table import Table
 
     from vaecf.atomic import write_text
-    from vaecf.bench_inference import run as run_bench
-    from vaecf.bench_inference import synthetic_run
+    from vaecf.bench.inference import run as run_bench
+    from vaecf.bench.inference import synthetic_run
     from vaecf.errors import VaecfError
     from vaecf.progress import console
 
-    def say(line: str) -> None:
-        console.print(line, markup=False, highlight=False)
 
     if (run is None) == (not synthetic):
         raise VaecfError("give exactly one of --run RUN or --synthetic")
     if synthetic:
-        run = synthetic_run(workdir, say=say)
-    r = run_bench(run, batch_size, top_k, single_calls, say=say)
+        run = synthetic_run(workdir)
+    r = run_bench(run, batch_size, top_k, single_calls)
     table = Table(title=f"vaecf bench inference  ({r['items']:,} items, H={r['hidden']}, "
                         f"L={r['latent']})")
     table.add_column("figure")

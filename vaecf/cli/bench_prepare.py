@@ -23,10 +23,10 @@ def bench_prepare(
 ) -> None:
     from rich.table import Table
 
-    from vaecf.bench_prepare import run
+    from vaecf.bench.prepare import run
     from vaecf.progress import console
 
-    result = run(workdir, rows, backend, say=console.print)
+    result = run(workdir, rows, backend)
     table = Table(title="vaecf bench prepare")
     table.add_column("measure")
     table.add_column("value", justify="right")

@@ -43,22 +43,18 @@ def bench_train(
         show_default="1")] = None,
     config: ConfigOption = None,
 ) -> None:
+    import logging
+
     from rich.console import Console
     from rich.table import Table
 
     from vaecf.atomic import write_text
-    from vaecf.backend import select_backend
-    from vaecf.bench_train import bench, synthetic_matrix
-    from vaecf.dataset import Dataset
-    from vaecf.distributed import communicator
+    from vaecf.bench.train import bench, synthetic_matrix
+    from vaecf.data.dataset import Dataset
     from vaecf.errors import VaecfError
-    from vaecf.launch import launch, pin_rank_gpu, plan
-    from vaecf.progress import console
     from vaecf.settings import load_settings
-
-    def say(line: str) -> None:
-        if comm.is_chief:   # only rank 0 talks
-            console.print(line, markup=False, highlight=False)
+    from vaecf.training.distributed import communicator
+    from vaecf.training.launch import enter_job
 
     try:
         sizes = [int(part) for part in batch_size.split(",") if part.strip()]
@@ -73,13 +69,11 @@ def bench_train(
         raise VaecfError(f"--synthetic {synthetic}: need at least one full batch "
                          f"({max(sizes)} users)")
     settings = load_settings(config, train=dict(amp=amp, xla=xla, backend=backend))
-    job = plan(np, None, None)
-    if job is not None:   # this process only starts the ranks, which re-run this command
-        launch(job, sys.argv[1:])
+    entered = enter_job(settings, sys.argv[1:], np=np)
+    if entered is None:   # this process only started the ranks, which re-ran this command
         return
-    pin_rank_gpu()
+    settings, chosen = entered
     comm = communicator()
-    chosen = select_backend(settings.train.backend, say=say)
     # Each rank times its own contiguous share of the users, as in training.
     if synthetic is not None:
         matrix = synthetic_matrix(synthetic)[synthetic * comm.rank // comm.size:
@@ -90,8 +84,9 @@ def bench_train(
         raise VaecfError(f"{data or 'synthetic'}: {matrix.shape[0]} training users per rank, "
                          f"fewer than one batch of {max(sizes)}")
     source = f"synthetic ML-20M shape, {synthetic:,} users" if data is None else str(data)
-    say(f"{source}: {matrix.shape[1]:,} items, {matrix.nnz / matrix.shape[0]:.1f} items/user")
-    results = bench(matrix, settings, sizes, chosen, steps, rounds, comm=comm, say=say)
+    logging.getLogger("vaecf").info("%s: %s items, %.1f items/user", source,
+                                    f"{matrix.shape[1]:,}", matrix.nnz / matrix.shape[0])
+    results = bench(matrix, settings, sizes, chosen, steps, rounds, comm=comm)
     if not comm.is_chief:
         return
     ranks = f", {comm.size} ranks" if comm.size > 1 else ""

@@ -47,6 +47,36 @@ BackendOption = Annotated[
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 
 
+def install_logging() -> None:
+    """Send the library's ``vaecf`` log (INFO and up) to stderr through one Rich handler, on
+    the console the progress bars use (so lines print above a live bar); silent on every rank
+    but 0 of a data-parallel job."""
+    import logging
+
+    from rich.highlighter import NullHighlighter
+    from rich.logging import RichHandler
+
+    from vaecf.progress import console
+    from vaecf.training.distributed import launched_rank
+
+    logger = logging.getLogger("vaecf")
+    logger.handlers.clear()
+    logger.addHandler(RichHandler(console=console, show_time=False, show_level=False,
+                                  show_path=False, markup=False,
+                                  highlighter=NullHighlighter()))
+    logger.propagate = False
+    logger.setLevel(logging.INFO if launched_rank() == 0 else logging.CRITICAL + 1)
+
+
+def quiet_logging(quiet: bool) -> None:
+    """With ``--quiet`` only warnings and errors are logged."""
+    import logging
+
+    if quiet:
+        logger = logging.getLogger("vaecf")
+        logger.setLevel(max(logger.level, logging.WARNING))
+
+
 def summary(help_text: str) -> str:
     """The first paragraph of a command's help on one line, for the command list (Typer keeps
     the hard line breaks of the source there)."""

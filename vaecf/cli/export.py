@@ -27,8 +27,8 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    from vaecf.export import export as run_export
     from vaecf.progress import Steps, console
+    from vaecf.serving.export import export as run_export
 
     with Steps(quiet) as steps, steps.step(f"exporting {run} to {out}"):
         info = run_export(run, out, top_k, force)

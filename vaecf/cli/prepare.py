@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from vaecf.cli.common import BackendOption, ConfigOption, QuietOption, app, summary
+from vaecf.cli.common import (
+    BackendOption,
+    ConfigOption,
+    QuietOption,
+    app,
+    quiet_logging,
+    summary,
+)
 
 HELP = """Turn interaction files into a dataset directory: filter, split users into train /
 validation / test (strong generalization), and write CSR shards.
@@ -75,12 +82,12 @@ def prepare(
     quiet: QuietOption = False,
 ) -> None:
     from vaecf.backend import select_backend
+    from vaecf.cli.tables import dataset_table
+    from vaecf.data.prepare import EXAMPLES
+    from vaecf.data.prepare import prepare as run_prepare
     from vaecf.errors import VaecfError
-    from vaecf.prepare import EXAMPLES
-    from vaecf.prepare import prepare as run_prepare
     from vaecf.progress import console
     from vaecf.settings import load_settings
-    from vaecf.summary import dataset_table
 
     flags = dict(user_col=user_col, item_col=item_col, rating_col=rating_col,
                  min_rating=min_rating, sep=sep, header=header, val_users=val_users,
@@ -100,8 +107,8 @@ def prepare(
     if not files:
         raise VaecfError("no input: give FILES or --example movielens-small")
     cfg = load_settings(config, prepare=flags).prepare
-    chosen = select_backend(cfg.backend, say=None if quiet else lambda line: console.print(
-        line, markup=False, highlight=False))
+    quiet_logging(quiet)
+    chosen = select_backend(cfg.backend)
     meta = run_prepare(files, out, cfg, chosen, force=force, quiet=quiet, dask=dask,
                        scheduler=scheduler)
     if not quiet:

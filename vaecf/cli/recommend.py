@@ -59,25 +59,24 @@ def recommend(
     from rich.text import Text
 
     from vaecf.atomic import write_text
+    from vaecf.cli.tables import to_table
     from vaecf.errors import VaecfError
+    from vaecf.model.rundir import RunDir
     from vaecf.progress import Steps, console
-    from vaecf.recommend import (
+    from vaecf.serving.items import (
         ItemMap,
-        Recommender,
         describe_problems,
         input_columns,
         request_from_file,
         request_from_items,
-        score_request,
     )
-    from vaecf.recommend_output import (
+    from vaecf.serving.output import (
         FORMATS,
         read_item_names,
         to_csv,
         to_json,
-        to_table,
     )
-    from vaecf.rundir import RunDir
+    from vaecf.serving.recommender import Recommender, score_request
 
     if (user_items is None) == (input_file is None):
         raise VaecfError("give exactly one of --user-items ID,ID,... or --input FILE")

@@ -39,8 +39,8 @@ def test(
     from vaecf.atomic import write_text
     from vaecf.backend import select_backend
     from vaecf.errors import VaecfError
-    from vaecf.evaluate import evaluate_run
-    from vaecf.metrics import metric_names
+    from vaecf.evaluation.metrics import metric_names
+    from vaecf.evaluation.protocol import evaluate_run
     from vaecf.settings import load_settings
 
     try:

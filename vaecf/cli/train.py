@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from vaecf.cli.common import BackendOption, ConfigOption, QuietOption, app, summary
+from vaecf.cli.common import (
+    BackendOption,
+    ConfigOption,
+    QuietOption,
+    app,
+    quiet_logging,
+    summary,
+)
 
 HELP = """Train a Mult-VAE on a dataset directory (from `vaecf prepare`) into a run directory:
 best weights by validation NDCG@100, optimizer state, settings, item map, metrics history.
@@ -82,17 +89,17 @@ def train(
     config: ConfigOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    from vaecf.backend import select_backend
+    from vaecf.cli.tables import summary_table
+    from vaecf.data.dataset import Dataset
     from vaecf.errors import VaecfError
     from vaecf.progress import console
     from vaecf.settings import load_settings
-    from vaecf.train import train as run_train
-    from vaecf.train_view import summary_table
+    from vaecf.training.launch import enter_job
+    from vaecf.training.loop import train as run_train
 
+    quiet_logging(quiet)
     if resume and force:
         raise VaecfError("give either --resume or --force, not both")
-    from vaecf.dataset import Dataset
-    from vaecf.launch import launch, launched_ranks, pin_rank_gpu, plan
 
     settings = load_settings(
         config,
@@ -101,18 +108,13 @@ def train(
                    anneal_steps=anneal_steps, validate_every=validate_every,
                    patience=patience, checkpoint_every=checkpoint_every, seed=seed, amp=amp,
                    xla=xla, backend=backend))
-    job = plan(np, gpus, hosts)
-    if job is not None:   # this process only starts the ranks, which re-run this command
-        Dataset.open(data)   # fail once here rather than once per rank
-        launch(job, sys.argv[1:])
+    # A resumed run keeps its stored (already scaled) lr.
+    entered = enter_job(settings, sys.argv[1:], np=np, gpus=gpus, hosts=hosts,
+                        scale_lr=scale_lr and not resume,
+                        before_launch=lambda: Dataset.open(data))
+    if entered is None:   # this process only started the ranks, which re-ran this command
         return
-    if scale_lr and not resume:   # a resumed run keeps its stored (already scaled) lr
-        lr = settings.train.lr * launched_ranks()
-        settings = settings.model_copy(update={"train": settings.train.model_copy(
-            update={"lr": lr})})
-    pin_rank_gpu()   # before CuPy or TensorFlow initialise CUDA
-    chosen = select_backend(settings.train.backend, say=None if quiet else lambda line:
-                            console.print(line, markup=False, highlight=False))
+    settings, chosen = entered
     run = run_train(settings, data, out, chosen, resume=resume, force=force, quiet=quiet,
                     log_json=log_json, extend_to=epochs)
     if run is not None and not quiet:

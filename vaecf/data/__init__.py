@@ -1,0 +1,1 @@
+"""The data stage: interaction files → a dataset directory (readers, filters and split, format)."""

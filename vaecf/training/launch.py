@@ -2,8 +2,8 @@
 
 The launching process re-runs its own command line under Horovod's launcher (``python -m
 horovod.runner.launch``, i.e. ``horovodrun``); every rank then finds itself under a launcher
-(:func:`vaecf.distributed.under_launcher`) and trains instead of launching again. A job started
-by the user's own ``horovodrun`` / ``mpirun`` is therefore never launched twice.
+(:func:`vaecf.training.distributed.under_launcher`) and trains instead of launching again. A
+job started by the user's own ``horovodrun`` / ``mpirun`` is therefore never launched twice.
 
 Failure handling (measured here with Gloo): a rank that exits or is killed makes the others'
 next collective fail at once ("Horovod has been shut down"), and the launcher terminates every
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from vaecf.backend import Backend
+from vaecf.backend.probe import visible_gpus
 from vaecf.errors import VaecfError
+from vaecf.settings import Settings
 
 HOROVOD_BUILD = ("HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 "
                  "HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 pip install "
@@ -60,38 +62,7 @@ def _is_local(host: str) -> bool:
     return host in ("localhost", "127.0.0.1", os.uname().nodename)
 
 
-def visible_gpus() -> int:
-    """Number of GPUs this process may use, found without creating a CUDA context.
-
-    ``CUDA_VISIBLE_DEVICES`` decides when set; otherwise one line per GPU of ``nvidia-smi -L``
-    (0 when there is no driver).
-    """
-    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if mask is not None:
-        entries = [e for e in mask.split(",") if e.strip()]
-        # CUDA stops at the first invalid entry, e.g. "-1" hides every GPU.
-        valid = 0
-        for entry in entries:
-            if entry.strip().startswith("-"):
-                break
-            valid += 1
-        return valid
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return 0
-    try:
-        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    if listing.returncode != 0:
-        return 0
-    return sum(line.startswith("GPU ") for line in listing.stdout.splitlines())
-
-
-# Launchers put each process's rank among those on its host in one of these.
-_LOCAL_RANK_VARIABLES = ("HOROVOD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
-                         "SLURM_LOCALID")
-# ... and the number of ranks in the job in one of these.
+# Launchers put the number of ranks in the job in one of these.
 _SIZE_VARIABLES = ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS")
 
 
@@ -103,23 +74,6 @@ def launched_ranks() -> int:
     """Number of ranks of the job this process belongs to (1 outside a launcher), read from
     the launcher's environment so it is known before Horovod starts."""
     return _first_env_int(_SIZE_VARIABLES) or 1
-
-
-def pin_rank_gpu() -> None:
-    """Under a launcher, make this rank see exactly one GPU: visible GPU ``local_rank`` (modulo
-    the GPU count), by narrowing ``CUDA_VISIBLE_DEVICES``.
-
-    Must run before anything initialises CUDA in this process: CuPy (batches, metrics) and
-    TensorFlow then both use that GPU as device 0, so DLPack hand-offs stay on one device.
-    A no-op outside a launcher and without GPUs (``--np`` jobs hide them).
-    """
-    local_rank = _first_env_int(_LOCAL_RANK_VARIABLES)
-    count = visible_gpus()
-    if local_rank is None or count == 0:
-        return
-    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [e.strip() for e in mask.split(",")][:count] if mask else [str(i) for i in range(count)]
-    os.environ["CUDA_VISIBLE_DEVICES"] = ids[local_rank % count]
 
 
 def plan(np: int | None, gpus: int | None, hosts: str | None) -> Job | None:
@@ -134,7 +88,7 @@ def plan(np: int | None, gpus: int | None, hosts: str | None) -> Job | None:
         VaecfError: conflicting options, a bad host list, fewer local GPUs than asked for, or
             Horovod not installed.
     """
-    from vaecf.distributed import under_launcher
+    from vaecf.training.distributed import under_launcher
 
     if under_launcher() or (np is None and gpus is None and hosts is None):
         return None
@@ -199,3 +153,40 @@ def launch(job: Job, argv: Sequence[str]) -> None:
     if code != 0:
         raise VaecfError(f"distributed training failed: a rank of {job.ranks} exited with an "
                          f"error (launcher exit status {code}); its output is above")
+
+
+def enter_job(settings: Settings, argv: Sequence[str], *, np: int | None = None,
+              gpus: int | None = None, hosts: str | None = None, scale_lr: bool = False,
+              before_launch: Callable[[], object] | None = None
+              ) -> tuple[Settings, Backend] | None:
+    """Everything a command does before training: plan → launch → scale lr → pin → backend.
+
+    Args:
+        settings: the effective settings (``train.backend`` picks the backend).
+        argv: this process's arguments after ``vaecf``, re-run by every rank when launching.
+        np, gpus, hosts: the ``--np`` / ``--gpus`` / ``--hosts`` options.
+        scale_lr: multiply ``train.lr`` by the number of ranks (the linear scaling rule).
+        before_launch: a check to run once, in the launching process, before starting ranks
+            (e.g. open the dataset, so a bad path fails once rather than once per rank).
+    Returns:
+        None when this process only launched the ranks (they have finished); otherwise the
+        settings to train with and the backend, with this rank pinned to its GPU and
+        TensorFlow configured for the backend.
+    """
+    from vaecf.backend import select_backend
+    from vaecf.backend.probe import pin_rank_gpu
+
+    job = plan(np, gpus, hosts)
+    if job is not None:
+        if before_launch is not None:
+            before_launch()
+        launch(job, argv)
+        return None
+    if scale_lr:
+        train = settings.train
+        settings = settings.model_copy(update={"train": train.model_copy(
+            update={"lr": train.lr * launched_ranks()})})
+    pin_rank_gpu()   # before CuPy or TensorFlow initialise CUDA
+    backend = select_backend(settings.train.backend)
+    backend.configure_tensorflow()
+    return settings, backend

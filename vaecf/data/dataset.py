@@ -28,9 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vaecf.data.split import Csr
 from vaecf.errors import VaecfError
 from vaecf.formats import read_header
-from vaecf.split import Csr
 
 FORMAT = "vaecf-dataset"
 VERSION = 1

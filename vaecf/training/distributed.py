@@ -1,7 +1,7 @@
 """Data-parallel communication, behind one small interface.
 
 The training loop only ever calls :func:`communicator` and the methods of :class:`Comm`;
-``SingleProcess`` is the identity, ``HorovodComm`` (in :mod:`vaecf.horovod_comm`, imported
+``SingleProcess`` is the identity, ``HorovodComm`` (in :mod:`vaecf.training.horovod_comm`, imported
 only when running under a Horovod launcher) averages gradients with a float32 grouped
 allreduce. Horovod's Keras integration, ``DistributedGradientTape`` and
 ``DistributedOptimizer`` are not used: with Keras 3 they fail or silently never average
@@ -63,6 +63,12 @@ class SingleProcess:
         return None
 
 
+def launched_rank() -> int:
+    """This process's rank as its launcher set it (0 outside a launcher), known before
+    Horovod starts."""
+    return next((int(os.environ[name]) for name in _RANK_VARIABLES if name in os.environ), 0)
+
+
 def under_launcher() -> bool:
     """True when this process was started by horovodrun / mpirun (as one of several ranks)."""
     return any(name in os.environ for name in _RANK_VARIABLES)
@@ -71,7 +77,7 @@ def under_launcher() -> bool:
 def communicator() -> Comm:
     """The process group this process belongs to: Horovod under a launcher, else single."""
     if under_launcher():
-        from vaecf.horovod_comm import HorovodComm
+        from vaecf.training.horovod_comm import HorovodComm
 
         return HorovodComm()
     return SingleProcess()

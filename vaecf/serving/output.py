@@ -1,4 +1,5 @@
-"""Writing recommendations: a Rich table for people, JSON or CSV for scripts, optional names.
+"""Writing recommendations for scripts: JSON or CSV, with optional item names (the table for
+people is drawn by the CLI from :func:`rows_of`).
 
 Shapes of the machine-readable formats (``name`` only with ``--item-names``):
 
@@ -19,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from rich.table import Table
 
+from vaecf.data.readers import ColumnSpec, read_file
 from vaecf.errors import VaecfError
-from vaecf.ingest import ColumnSpec, read_file
-from vaecf.recommend import ItemMap, Recommendations, Request
+from vaecf.serving.items import ItemMap, Request
+from vaecf.serving.recommender import Recommendations
 
 FORMATS = ("table", "json", "csv")
 
@@ -52,7 +53,7 @@ def read_item_names(path: Path, item_map: ItemMap, id_col: str, name_col: str) -
     return result
 
 
-def _rows(recs: Recommendations, names: list[str | None] | None,
+def rows_of(recs: Recommendations, names: list[str | None] | None,
           item_map: ItemMap) -> list[dict[str, Any]]:
     """One dict per (user, rank): user (only with users), rank, item, score, name."""
     lookup = None
@@ -75,7 +76,7 @@ def _rows(recs: Recommendations, names: list[str | None] | None,
 def to_json(recs: Recommendations, request: Request, names: list[str | None] | None,
             item_map: ItemMap) -> str:
     """The JSON document described in the module docstring."""
-    rows = _rows(recs, names, item_map)
+    rows = rows_of(recs, names, item_map)
     if recs.users is None:
         doc: dict[str, Any] = {"recommendations": rows, "unknown_items": request.unknown}
     else:
@@ -89,7 +90,7 @@ def to_json(recs: Recommendations, request: Request, names: list[str | None] | N
 
 def to_csv(recs: Recommendations, names: list[str | None] | None, item_map: ItemMap) -> str:
     """CSV with a header line, one line per recommended item."""
-    rows = _rows(recs, names, item_map)
+    rows = rows_of(recs, names, item_map)
     fields = (["user"] if recs.users is not None else []) + ["rank", "item", "score"]
     fields += ["name"] if names is not None else []
     buffer = io.StringIO()
@@ -97,24 +98,3 @@ def to_csv(recs: Recommendations, names: list[str | None] | None, item_map: Item
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def to_table(recs: Recommendations, names: list[str | None] | None, item_map: ItemMap,
-             title: str | None = None, name_header: str = "name") -> Table:
-    """A Rich table: (user,) rank, item, (name,) score; a user's id only on its first row."""
-    table = Table(title=title)
-    if recs.users is not None:
-        table.add_column("user", justify="right")
-    table.add_column("#", justify="right")
-    table.add_column("item", justify="right")
-    if names is not None:
-        table.add_column(name_header)
-    table.add_column("score", justify="right")
-    for row in _rows(recs, names, item_map):
-        cells = [] if recs.users is None else [str(row["user"]) if row["rank"] == 1 else ""]
-        cells += [str(row["rank"]), str(row["item"])]
-        if names is not None:
-            cells.append(row["name"] or "")
-        cells.append(f"{row['score']:.3f}")
-        table.add_row(*cells)
-    return table

@@ -1,8 +1,8 @@
 """``vaecf bench train``: training throughput against this machine's own matmul ceiling.
 
-For each batch size, the real training step (:class:`vaecf.train.Trainer`, fed by the real
+For each batch size, the real training step (:class:`vaecf.training.loop.Trainer`, fed by the real
 input pipeline) runs ``steps`` timed steps after a warm-up; users/s times the FLOPs per user
-(:mod:`vaecf.flops`) gives the achieved FLOP/s. The ceiling is a dense matmul of the model's
+(:mod:`vaecf.bench.flops`) gives the achieved FLOP/s. The ceiling is a dense matmul of the model's
 dominant shape, (batch × H) @ (H × I), in the step's compute dtype (float32, or bfloat16 /
 float16 under --amp), measured in the same run, interleaved with the training rounds (the
 machine is shared, so each round is timed against a ceiling taken moments apart, and the best
@@ -11,28 +11,30 @@ round of each is kept).
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import scipy.sparse
 
 from vaecf.backend import Backend
-from vaecf.batches import epoch_order, iterate, to_backend_csr
-from vaecf.distributed import Comm, SingleProcess
-from vaecf.flops import train_flops_per_user
+from vaecf.bench.flops import matmul_flops, train_flops_per_user
+from vaecf.model.batches import epoch_order, iterate
 from vaecf.settings import Settings
+from vaecf.training.distributed import Comm, SingleProcess
 
 ML20M_ITEMS = 20_000
 ML20M_ITEMS_PER_USER = 70
+
+log = logging.getLogger("vaecf")
 
 
 def synthetic_matrix(users: int, items: int = ML20M_ITEMS,
                      per_user: int = ML20M_ITEMS_PER_USER, seed: int = 0):
     """A binary CSR (users, items) shaped like MovieLens-20M: log-normal history lengths,
-    Zipf-like item popularity (:func:`vaecf.synthetic.interactions`), ~per_user items each."""
-    from vaecf.synthetic import interactions
+    Zipf-like item popularity (:func:`vaecf.bench.synthetic.interactions`), ~per_user items each."""
+    from vaecf.bench.synthetic import interactions
 
     rows, cols = interactions(users * per_user, users, items, seed)
     matrix = scipy.sparse.csr_matrix(
@@ -42,38 +44,21 @@ def synthetic_matrix(users: int, items: int = ML20M_ITEMS,
     return matrix
 
 
-def matmul_flops(batch: int, hidden: int, n_items: int, dtype: str, repeats: int = 3) -> float:
-    """Best FLOP/s of (batch × hidden) @ (hidden × n_items) in ``dtype``."""
-    import tensorflow as tf
-
-    a = tf.cast(tf.random.stateless_normal((batch, hidden), seed=(0, 1)), dtype)
-    b = tf.cast(tf.random.stateless_normal((hidden, n_items), seed=(0, 2)), dtype)
-    matmul = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
-    matmul().numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        matmul().numpy()
-        best = min(best, time.perf_counter() - started)
-    return 2.0 * batch * hidden * n_items / best
-
-
 def bench(matrix: Any, settings: Settings, batch_sizes: list[int], backend: Backend,
-          steps: int = 10, rounds: int = 3, comm: Comm | None = None,
-          say: Callable[[str], None] = lambda line: None) -> list[dict[str, Any]]:
+          steps: int = 10, rounds: int = 3, comm: Comm | None = None) -> list[dict[str, Any]]:
     """Time training steps on ``matrix`` (scipy CSR, users × items) for each batch size.
 
     Returns one dict per batch size: batch_size, precision, users_per_s, flops_per_user,
     gflops, ceiling_gflops, fraction.
     """
-    from vaecf.train import Trainer, precision_policy
+    from vaecf.training.trainer import Trainer, precision_policy
 
     comm = comm or SingleProcess()
     t = settings.train
-    policy = precision_policy(t.amp, say)
+    policy = precision_policy(t.amp, backend)
     compute = {"float32": "float32", "mixed_bfloat16": "bfloat16",
                "mixed_float16": "float16"}[policy]
-    rows = to_backend_csr(backend, matrix)
+    rows = backend.csr(matrix)
     nnz_per_user = matrix.nnz / matrix.shape[0]
     m = settings.model
     per_user = train_flops_per_user(matrix.shape[1], m.hidden, m.latent, nnz_per_user)
@@ -100,7 +85,7 @@ def bench(matrix: Any, settings: Settings, batch_sizes: list[int], backend: Back
                   "flops_per_user": per_user, "gflops": speed * per_user / 1e9,
                   "ceiling_gflops": best_ceiling * comm.size / 1e9}
         result["fraction"] = result["gflops"] / result["ceiling_gflops"]
-        say(f"batch {batch_size}: {speed:,.0f} users/s, {result['gflops']:.1f} of "
+        log.info(f"batch {batch_size}: {speed:,.0f} users/s, {result['gflops']:.1f} of "
             f"{result['ceiling_gflops']:.1f} GFLOP/s ({result['fraction']:.0%})")
         results.append(result)
     return results

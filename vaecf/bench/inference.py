@@ -5,11 +5,11 @@ Figures (after warm-up, so tracing is not timed):
 - throughput: users/s scoring batches of ``batch_size`` users, top-k selection and exclusion of
   the users' own items included (NVIDIA's inference figure), and the FLOP/s that implies as a
   fraction of the machine's ceiling, measured as in ``bench train``
-  (:func:`vaecf.bench_train.matmul_flops`: the decoder's (rows × H) @ (H × I) float32 matmul,
+  (:func:`vaecf.bench.flops.matmul_flops`: the decoder's (rows × H) @ (H × I) float32 matmul,
   timed just before each round; best round and best ceiling kept). FLOPs counted are the
-  forward's matmuls (:mod:`vaecf.flops` counts the same terms for training): 2·nnz·H for the
+  forward's matmuls (:mod:`vaecf.bench.flops` counts the same terms for training): 2·nnz·H for the
   sparse first layer, 2·B·(H·2L + L·H + H·I) for the dense layers.
-- single-user latency p50/p90/p99 over ``single_calls`` calls of :func:`vaecf.recommend.
+- single-user latency p50/p90/p99 over ``single_calls`` calls of :func:`vaecf.serving.recommender.
   score_request` with one user, the exact call ``vaecf recommend --user-items`` makes (scoring,
   exclusion, top-k, mapping back to original ids).
 - the memory floor of one single-user call: a batch of one reads every weight once (of the
@@ -18,12 +18,13 @@ Figures (after warm-up, so tracing is not timed):
 
 Users come from the run's dataset (training rows, repeated up to the batch size) when that
 directory still exists, else are drawn at random with 50 items each. ``--synthetic`` benchmarks
-a 20,000-item model trained for one epoch on :mod:`vaecf.synthetic` interactions (built once,
+a 20,000-item model trained for one epoch on :mod:`vaecf.bench.synthetic` interactions (built once,
 then cached in the work directory).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,26 +33,27 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from vaecf.bench_train import matmul_flops
+from vaecf.bench.flops import forward_flops_per_user, matmul_flops
 from vaecf.errors import VaecfError
-from vaecf.flops import forward_flops_per_user
-from vaecf.recommend import ItemMap, Recommender, Request, score_request
+from vaecf.serving.items import ItemMap, Request
+from vaecf.serving.recommender import Recommender, score_request
 
 SINGLE_K = 10  # what `vaecf recommend` returns by default
 # Rows of the ceiling matmul: enough for full GEMM speed, small enough to time quickly.
 CEILING_ROWS = 4096
 
+log = logging.getLogger("vaecf")
 
-def synthetic_run(workdir: Path, n_items: int = 20_000,
-                  say: Callable[[str], None] = print) -> Path:
+
+def synthetic_run(workdir: Path, n_items: int = 20_000) -> Path:
     """A run of the default architecture on ~``n_items`` items (those the split keeps), trained
     one epoch on 1M synthetic interactions of 10,000 users; reused when already built."""
     from vaecf.backend import cpu_backend
-    from vaecf.prepare import prepare
-    from vaecf.rundir import RunDir
+    from vaecf.bench.synthetic import write_ratings_csv
+    from vaecf.data.prepare import prepare
+    from vaecf.model.rundir import RunDir
     from vaecf.settings import PrepareSettings, Settings
-    from vaecf.synthetic import write_ratings_csv
-    from vaecf.train import train
+    from vaecf.training.loop import train
 
     run = workdir / f"inference-run-{n_items}"
     try:
@@ -61,7 +63,7 @@ def synthetic_run(workdir: Path, n_items: int = 20_000,
         pass
     workdir.mkdir(parents=True, exist_ok=True)
     source, data = workdir / f"inference-{n_items}.csv", workdir / f"inference-data-{n_items}"
-    say(f"building {run}: 1M synthetic interactions, {n_items:,} items, 1 training epoch...")
+    log.info(f"building {run}: 1M synthetic interactions, {n_items:,} items, 1 training epoch...")
     write_ratings_csv(source, 1_000_000, 10_000, n_items)
     prepare([str(source)], data, PrepareSettings(), cpu_backend(), force=True, quiet=True)
     settings = Settings.model_validate({"train": {"epochs": 1, "backend": "cpu"}})
@@ -72,7 +74,7 @@ def synthetic_run(workdir: Path, n_items: int = 20_000,
 def _users(run: Any, n: int, seed: int = 0) -> scipy.sparse.csr_matrix:
     """n users' known items, binary CSR (n, n_items): the dataset's training rows if it is still
     where training read it, repeated to n rows; else 50 random items per user."""
-    from vaecf.dataset import Dataset
+    from vaecf.data.dataset import Dataset
 
     try:
         rows = Dataset.open(run.dataset_path).train_matrix()
@@ -100,13 +102,13 @@ def _timed(call: Callable[[], Any]) -> float:
 
 
 def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: int = 200,
-        rounds: int = 3, say: Callable[[str], None] = print) -> dict[str, Any]:
+        rounds: int = 3) -> dict[str, Any]:
     """Measure a run's serving speed; returns the figures (see the module docstring).
 
     Raises:
         VaecfError: not a run directory, no weights, or a bad size.
     """
-    from vaecf.rundir import RunDir
+    from vaecf.model.rundir import RunDir
 
     if batch_size < 1 or single_calls < 200:
         raise VaecfError("--batch-size must be >= 1 and --single-calls >= 200")
@@ -115,7 +117,7 @@ def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: 
     recommender = Recommender(model, ItemMap(run.item_ids))
     users = _users(run, max(batch_size, single_calls))
     batch = users[:batch_size]
-    say(f"model: {run.n_items:,} items, hidden {model.hidden}, latent {model.latent}; "
+    log.info(f"model: {run.n_items:,} items, hidden {model.hidden}, latent {model.latent}; "
         f"batch of {batch_size:,} users with {batch.nnz / batch_size:.1f} items each on average")
 
     # Warm-up: trace the one graph (any batch size) and touch the weights.
@@ -123,7 +125,7 @@ def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: 
     for i in range(20):
         score_request(recommender, Request(None, users[i: i + 1]), SINGLE_K)
 
-    say(f"timing {rounds} batches of {batch_size:,} users (top {top_k}), each after a "
+    log.info(f"timing {rounds} batches of {batch_size:,} users (top {top_k}), each after a "
         "ceiling matmul...")
     seconds, ceiling = float("inf"), 0.0
     for _ in range(rounds):
@@ -133,13 +135,13 @@ def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: 
                                             model.n_items, "float32", repeats=2))
         seconds = min(seconds, _timed(lambda: recommender.top_k(batch, top_k)))
 
-    say(f"timing {single_calls} single-user calls...")
+    log.info(f"timing {single_calls} single-user calls...")
     latencies = np.array([
         _timed(lambda i=i: score_request(recommender, Request(None, users[i: i + 1]), SINGLE_K))
         for i in range(single_calls)])
     single_nnz = float(np.mean(np.diff(users.indptr[: single_calls + 1])))
 
-    say("measuring the memory bandwidth...")
+    log.info("measuring the memory bandwidth...")
     bandwidth = memory_bandwidth()
     # One user reads every weight except the first layer's, of which only its items' rows.
     first = model.encoder_hidden.kernel

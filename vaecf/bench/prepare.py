@@ -6,6 +6,7 @@ included) so its peak resident memory can be read from the kernel (``wait4`` rus
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -14,10 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vaecf.synthetic import ML20M_SHAPE, write_ratings_csv
+from vaecf.bench.synthetic import ML20M_SHAPE, write_ratings_csv
+
+log = logging.getLogger("vaecf")
 
 
-def run(workdir: Path, rows: int, backend: str = "cpu", say: Any = print) -> dict[str, Any]:
+def run(workdir: Path, rows: int, backend: str = "cpu") -> dict[str, Any]:
     """Generate (if needed) and prepare the synthetic file; returns the measured figures."""
     workdir.mkdir(parents=True, exist_ok=True)
     scale = rows / ML20M_SHAPE["rows"]
@@ -25,7 +28,7 @@ def run(workdir: Path, rows: int, backend: str = "cpu", say: Any = print) -> dic
     n_items = max(100, round(ML20M_SHAPE["items"] * min(1.0, scale * 4)))
     source = workdir / f"synthetic-{rows}.csv"
     if not source.exists():
-        say(f"generating {source} ({rows:,} rows, {n_users:,} users, {n_items:,} items)...")
+        log.info(f"generating {source} ({rows:,} rows, {n_users:,} users, {n_items:,} items)...")
         write_ratings_csv(source, rows, n_users, n_items)
     out = workdir / "prepared"
     shutil.rmtree(out, ignore_errors=True)

@@ -1,13 +1,13 @@
 """The dataframe reader for ``--backend gpu`` (cuDF) and ``--dask`` partitions.
 
-It produces the same :class:`vaecf.ingest.Encoded` as the pyarrow reader: ids checked the same
+It produces the same :class:`vaecf.data.readers.Encoded` as the pyarrow reader: ids checked the same
 way (the same one-line errors, naming file, column and 1-based row), the same rating threshold,
 and codes into the *sorted* unique ids, so every later byte of the dataset is the same.
 
 It is written once over the pandas API subset that cuDF implements, taking the dataframe module
 ``frames`` as an argument: ``cudf`` on a GPU, ``pandas`` on CPU. pandas is not only the test
-stand-in: the dask path runs these same functions on pandas partitions in CI. cuDF and
-dask-cuda are imported here (and in :mod:`vaecf.backend`) only, lazily.
+stand-in: the dask path runs these same functions on pandas partitions in CI. The module comes
+from the backend (``backend.frames()``), so nothing here asks which device it runs on.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vaecf.errors import VaecfError
-from vaecf.ingest import (
+from vaecf.data.readers import (
     PARQUET_SUFFIXES,
     UNIT_SEPARATOR,
     ColumnSpec,
@@ -32,32 +31,19 @@ from vaecf.ingest import (
     resolve_column,
     strip_gz,
 )
+from vaecf.errors import VaecfError
 
 Frame = Any  # pandas.DataFrame or cudf.DataFrame
 Series = Any  # pandas.Series or cudf.Series
 
 
 def frame_module(name: str) -> ModuleType:
-    """``"pandas"`` or ``"cudf"`` as a module; VaecfError when cuDF is not installed."""
+    """A dataframe module by name (a dask worker receives the name, not the module);
+    VaecfError when it is not installed."""
     try:
         return importlib.import_module(name)
     except ImportError as error:
         raise VaecfError(f"{name} is not installed ({error}); pip install 'vaecf[gpu]'") from None
-
-
-def frames_for(backend_name: str) -> str:
-    """The dataframe module that feeds a backend: cuDF for ``gpu``, pandas for ``cpu``."""
-    return "cudf" if backend_name == "gpu" else "pandas"
-
-
-def local_cuda_cluster() -> Any:
-    """dask-cuda's LocalCUDACluster: one worker per visible GPU, on loopback."""
-    try:
-        from dask_cuda import LocalCUDACluster
-    except ImportError as error:
-        raise VaecfError(f"--dask on GPU needs dask-cuda ({error}); pip install 'vaecf[gpu]'"
-                         ) from None
-    return LocalCUDACluster(ip="127.0.0.1", dashboard_address=None)
 
 
 def _first_true(mask: Series) -> int:

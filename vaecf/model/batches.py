@@ -1,11 +1,9 @@
 """CSR rows → L2-normalised sparse batches → TensorFlow, on any backend, ahead of the model.
 
 A batch is built with the backend's array namespace (NumPy + scipy.sparse on CPU, CuPy +
-cupyx.scipy.sparse on GPU) and handed to TensorFlow once, in :func:`tf_converter`:
-``tf.convert_to_tensor`` on CPU, ``tf.experimental.dlpack`` (zero-copy) on GPU. DLPack is not
-used on CPU: TF's ``from_dlpack`` aborts the process on NumPy buffers that are not 64-byte
-aligned (measured, see DESIGN.md). Sparse matrices have no DLPack form, so a batch travels as
-its COO arrays.
+cupyx.scipy.sparse on GPU) and handed to TensorFlow once, by ``backend.to_tf`` (a copy on CPU,
+DLPack on GPU; see :mod:`vaecf.backend`). Sparse matrices have no DLPack form, so a batch
+travels as its COO arrays.
 
 :func:`iterate` builds and converts batches on a background thread, a few batches ahead, so the
 training step never waits for data (NumPy, SciPy and TF's conversion release the GIL).
@@ -15,7 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +24,7 @@ from vaecf.backend import Backend
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch of users as COO arrays (backend arrays before :func:`tf_converter`, TF
+    """One batch of users as COO arrays (backend arrays before ``backend.to_tf``, TF
     tensors after).
 
     Attributes:
@@ -79,27 +77,6 @@ def make_batch(backend: Backend, matrix: Any, rows: Any) -> Batch:
     return Batch(indices, values, targets, int(sub.shape[0]))
 
 
-def tf_converter(backend: Backend) -> Callable[[Any], Any]:
-    """The function that moves one backend array into a TF tensor (see module docstring)."""
-    import tensorflow as tf
-
-    if backend.name == "gpu":
-        # __dlpack__() gives the same capsule as CuPy 13's toDlpack(), deprecated in CuPy 14.
-        return lambda array: tf.experimental.dlpack.from_dlpack(array.__dlpack__())
-    return tf.convert_to_tensor
-
-
-def numpy_converter(backend: Backend) -> Callable[[Any], Any]:
-    """The inverse direction: a TF tensor (e.g. logits) to a writable backend array that owns
-    its memory (callers mask it in place, which must not touch TF's buffer)."""
-    if backend.name == "gpu":
-        import tensorflow as tf
-
-        return lambda tensor: backend.xp.from_dlpack(
-            tf.experimental.dlpack.to_dlpack(tensor)).copy()
-    return lambda tensor: np.array(tensor)
-
-
 def steps_per_epoch(total_rows: int, world: int, batch_size: int) -> int:
     """Optimizer steps per epoch: enough batches of at most ``batch_size`` users for the
     largest rank's block (``ceil(total/world)`` rows), the same on every rank so collective
@@ -117,7 +94,7 @@ def iterate(backend: Backend, matrix: Any, order: np.ndarray, n_batches: int,
     whose few users would get a full-size gradient step. A daemon thread prepares up to
     ``prefetch`` batches ahead; leaving the loop early (break, exception, Ctrl-C) stops it.
     """
-    convert = tf_converter(backend)
+    convert = backend.to_tf
     device_order = backend.from_numpy(order)
     bounds = [len(order) * b // n_batches for b in range(n_batches + 1)]
     ready: queue.Queue = queue.Queue(maxsize=prefetch)
@@ -159,10 +136,3 @@ def _put(ready: queue.Queue, item: Any, stop: threading.Event) -> bool:
         except queue.Full:
             continue
     return False
-
-
-def to_backend_csr(backend: Backend, matrix: Any) -> Any:
-    """A scipy CSR matrix as the backend's CSR matrix (a copy on GPU, as-is on CPU)."""
-    if backend.name == "cpu":
-        return matrix.tocsr()
-    return backend.xsparse.csr_matrix(matrix)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vaecf import metrics
 from vaecf.backend import Backend
-from vaecf.batches import Batch, make_batch, numpy_converter, tf_converter, to_backend_csr
+from vaecf.evaluation import metrics
+from vaecf.model.batches import Batch, make_batch
 
 Scorer = Callable[[Any, Any], Any]   # (backend CSR fold-in rows (B, I), Batch) -> scores (B, I)
 
@@ -22,7 +22,7 @@ def model_scorer(model: Any, backend: Backend) -> Scorer:
     """Scores = the model's float32 logits for the L2-normalised fold-in rows."""
     import tensorflow as tf
 
-    to_tf, to_xp = tf_converter(backend), numpy_converter(backend)
+    to_tf, to_xp = backend.to_tf, backend.from_tf
     n_items = model.n_items
 
     @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.int64),
@@ -41,7 +41,7 @@ def model_scorer(model: Any, backend: Backend) -> Scorer:
 
 def popularity_scorer(backend: Backend, train: Any) -> Scorer:
     """Scores = each item's number of training interactions, the same for every user."""
-    popularity = metrics.popularity_scores(backend.xp, to_backend_csr(backend, train))
+    popularity = metrics.popularity_scores(backend.xp, backend.csr(train))
 
     def score(rows: Any, batch: Batch) -> Any:
         return backend.xp.tile(popularity, (batch.size, 1))
@@ -58,7 +58,7 @@ def evaluate(score: Scorer, backend: Backend, foldin: Any, targets: Any,
         ``{"ndcg@k": float, "recall@k": float, ...}`` plus ``"users"``: users with targets.
     """
     xp = backend.xp
-    foldin, targets = to_backend_csr(backend, foldin), to_backend_csr(backend, targets)
+    foldin, targets = backend.csr(foldin), backend.csr(targets)
     sums: dict[str, float] = {}
     users = 0
     for start in range(0, foldin.shape[0], batch_size):
@@ -90,9 +90,9 @@ def evaluate_run(run_path: Any, data: Any, split: str, ks: list[int], backend: B
         ``{"run", "data", "split", "users", "best_epoch", "model": {metric: value},
         "popularity": {metric: value}}``.
     """
-    from vaecf.dataset import Dataset
+    from vaecf.data.dataset import Dataset
     from vaecf.errors import VaecfError
-    from vaecf.rundir import RunDir
+    from vaecf.model.rundir import RunDir
 
     run = RunDir.open(run_path)
     dataset = Dataset.open(run.dataset_path if data is None else data)

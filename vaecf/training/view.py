@@ -1,15 +1,16 @@
-"""What ``vaecf train`` shows: a Rich epoch bar (loss, KL, β, users/s), one line per
-validation, a summary table at the end; nothing at all when quiet."""
+"""What ``vaecf train`` shows while it runs: a Rich epoch bar (loss, KL, β, users/s) and one
+log line per validation; no bar when quiet or on ranks other than 0."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from vaecf.metrics import SELECTION_METRIC
 from vaecf.progress import console
+
+log = logging.getLogger("vaecf")
 
 TRIO = ("ndcg@100", "recall@20", "recall@50")   # the paper's reported metrics
 
@@ -39,10 +40,6 @@ class TrainView:
     def __exit__(self, *exc: object) -> None:
         self._progress.__exit__(*exc)
 
-    def say(self, line: str) -> None:
-        if not self.quiet:
-            self._progress.console.print(line, markup=False, highlight=False)
-
     def start_epoch(self, epoch: int, batches: int, done: int) -> None:
         """Show epoch ``epoch`` (1-based) of ``batches`` steps, ``done`` already taken."""
         if self._task is not None:
@@ -59,29 +56,6 @@ class TrainView:
         if "validation" not in record:
             return
         mark = "  (best)" if best else ""
-        self.say(f"epoch {record['epoch']:>3}  loss {record['loss']:.1f}  "
-                 f"β {record['beta']:.3f}  {record['users_per_s']:,.0f} users/s  "
-                 f"{_metrics_text(record['validation'])}{mark}")
-
-
-def summary_table(run: Any) -> Table:
-    """Best validation metrics, epochs, time and status of a run directory."""
-    history, best = run.history, run.best
-    table = Table(title=f"run {run.path}  ({run.status})")
-    table.add_column("", justify="left")
-    table.add_column("value", justify="right")
-    seconds = sum(record["seconds"] for record in history)
-    rows = [("epochs trained", f"{len(history)}"), ("optimizer steps", f"{run.progress['step']:,}"),
-            ("training time", f"{seconds:,.1f} s")]
-    if history:
-        last = history[-1]
-        speed = sum(r["users_per_s"] for r in history) / len(history)
-        rows += [("last loss (nll + β·KL)", f"{last['loss']:.3f}"),
-                 ("last β", f"{last['beta']:.3f}"), ("mean users/s", f"{speed:,.0f}")]
-    if best:
-        rows.append((f"best epoch (by validation {SELECTION_METRIC})", f"{best['epoch']}"))
-        rows += [(f"validation {name}", f"{value:.4f}")
-                 for name, value in best["metrics"].items() if "@" in name]
-    for name, value in rows:
-        table.add_row(name, value)
-    return table
+        log.info("epoch %3d  loss %.1f  β %.3f  %s users/s  %s%s", record["epoch"],
+                 record["loss"], record["beta"], f"{record['users_per_s']:,.0f}",
+                 _metrics_text(record["validation"]), mark)

@@ -34,6 +34,7 @@ consistent run directory.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from datetime import datetime, timezone
 from functools import cached_property
@@ -47,6 +48,7 @@ import pyarrow.parquet as pq
 from vaecf.atomic import atomic_directory, replace_file
 from vaecf.errors import VaecfError
 from vaecf.formats import read_header
+from vaecf.model.progress import Progress
 from vaecf.settings import Settings
 
 FORMAT = "vaecf-run"
@@ -72,14 +74,29 @@ def save_variables(path: Path, variables: list[Any]) -> None:
     replace_file(path, write)
 
 
+def _unscoped(path: str) -> str:
+    """A variable path without the numbered suffix Keras gives a second object of the same
+    default name in one process ("adam_2/iteration" -> "adam/iteration")."""
+    return re.sub(r"^([A-Za-z]+)_\d+/", r"\1/", path)
+
+
 def load_variables(path: Path, variables: list[Any]) -> None:
-    """Assign the values saved by :func:`save_variables` (same order and shapes) to variables."""
+    """Assign the values saved by :func:`save_variables` to ``variables``, after checking that
+    the file holds exactly these variables: same count, and each array's saved name and shape
+    equal to the variable's (two same-shaped biases can never load swapped).
+
+    Raises:
+        VaecfError: the file does not hold this model's variables, named in one line.
+    """
     with np.load(path, allow_pickle=False) as saved:
         count = sum(1 for key in saved.files if key.startswith("v"))
         if count != len(variables):
             raise VaecfError(f"{path}: holds {count} arrays, the model has {len(variables)}")
+        names = saved["names"].tolist() if "names" in saved.files else None
         for i, variable in enumerate(variables):
             value = saved[f"v{i:03d}"]
+            if names is not None and _unscoped(names[i]) != _unscoped(variable.path):
+                raise VaecfError(f"{path}: array {i} is {names[i]!r}, expected {variable.path!r}")
             if tuple(value.shape) != tuple(variable.shape):
                 raise VaecfError(f"{path}: {variable.path} has shape {value.shape}, "
                                  f"expected {tuple(variable.shape)}")
@@ -99,7 +116,7 @@ class RunDir:
     def create(cls, path: Path | str, settings: Settings, dataset: Any,
                force: bool = False) -> RunDir:
         """Write a fresh run directory (atomically) for training ``settings`` on ``dataset``
-        (a :class:`vaecf.dataset.Dataset`); refuses an existing ``path`` unless ``force``."""
+        (a :class:`vaecf.data.dataset.Dataset`); refuses an existing ``path`` unless ``force``."""
         import keras
         import tensorflow as tf
 
@@ -118,8 +135,7 @@ class RunDir:
             "model": {"n_items": dataset.n_items, "hidden": m.hidden, "latent": m.latent,
                       "dropout": m.dropout, "activation": m.activation},
             "status": "running",
-            "progress": {"epoch": 0, "batch": 0, "step": 0, "bad_validations": 0,
-                         "partial": None},
+            "progress": Progress().to_json(),
             "checkpoint": None, "best": None, "history": [],
         }
         with atomic_directory(path, force) as tmp:
@@ -177,14 +193,15 @@ class RunDir:
         return self.meta["status"]
 
     @property
-    def progress(self) -> dict[str, Any]:
-        return self.meta["progress"]
+    def progress(self) -> Progress:
+        """Where training stands (a fresh run's progress before the first checkpoint)."""
+        return Progress.from_json(self.meta["progress"])
 
     # ---- models and checkpoints -----------------------------------------------------------
 
     def build_model(self, seed: int = 0):
-        """A freshly initialised :class:`vaecf.model.MultVAE` of this run's shape."""
-        from vaecf.model import MultVAE
+        """A freshly initialised :class:`vaecf.model.multvae.MultVAE` of this run's shape."""
+        from vaecf.model.multvae import MultVAE
 
         return MultVAE(**self.meta["model"], seed=seed)
 
@@ -226,15 +243,15 @@ class RunDir:
                                       "weights": name}}
         self._commit(meta, [old])
 
-    def save_checkpoint(self, model: Any, optimizer: Any, progress: dict[str, Any],
+    def save_checkpoint(self, model: Any, optimizer: Any, progress: Progress,
                         history: list[dict[str, Any]], status: str) -> None:
         """Save a resumable state: weights, optimizer variables, progress and history."""
-        step = progress["step"]
+        step = progress.step
         weights, opt = f"ckpt-{step:08d}.weights.npz", f"ckpt-{step:08d}.optimizer.npz"
         save_variables(self.path / weights, model.weights)
         save_variables(self.path / opt, optimizer.variables)
         old = self.meta["checkpoint"] or {}
-        meta = {**self.meta, "progress": progress, "history": history, "status": status,
+        meta = {**self.meta, "progress": progress.to_json(), "history": history, "status": status,
                 "checkpoint": {"weights": weights, "optimizer": opt}}
         self._commit(meta, [old.get("weights"), old.get("optimizer")])
 
@@ -242,11 +259,11 @@ class RunDir:
         """Record how training ended without touching any weights."""
         self._commit({**self.meta, "status": status}, [])
 
-    def load_checkpoint(self, model: Any, optimizer: Any) -> dict[str, Any]:
-        """Restore the last checkpoint into ``model`` and a built ``optimizer``; returns the
-        progress dict (a fresh run's when there is no checkpoint yet)."""
+    def load_checkpoint(self, model: Any, optimizer: Any) -> Progress:
+        """Restore the last checkpoint into ``model`` and a built ``optimizer``; returns its
+        progress (a fresh run's when there is no checkpoint yet)."""
         entry = self.meta["checkpoint"]
         if entry is not None:
             load_variables(self.path / entry["weights"], model.weights)
             load_variables(self.path / entry["optimizer"], optimizer.variables)
-        return dict(self.meta["progress"])
+        return self.progress

@@ -3,7 +3,8 @@
 The SavedModel needs only TensorFlow to load (``tf.saved_model.load`` or TensorFlow Serving):
 the item-id mapping (a ``tf.lookup.StaticHashTable`` from original id, as a string, to model
 column), the fold-in, the exclusion of each user's own items and the top-k all run inside the
-graph, the same graph :mod:`vaecf.recommend` uses (:func:`vaecf.recommend.top_k_graph`).
+graph, the same graph :class:`vaecf.serving.recommender.Recommender` uses
+(:func:`vaecf.serving.graph.top_k_graph`).
 
 Entry points of the loaded object ``m``:
 
@@ -33,7 +34,7 @@ def _serving_module(model: Any, item_ids: list[str], k: int) -> Any:
     """A tf.Module holding the model, the id table and the two entry points."""
     import tensorflow as tf
 
-    from vaecf.recommend import top_k_graph
+    from vaecf.serving.graph import top_k_graph
 
     n_items = len(item_ids)
     ids = tf.constant(item_ids, tf.string)
@@ -78,7 +79,7 @@ def export(run_path: Path, out: Path, k: int = 100, force: bool = False) -> dict
     """
     import tensorflow as tf
 
-    from vaecf.rundir import RunDir
+    from vaecf.model.rundir import RunDir
 
     if k < 1:
         raise VaecfError(f"--top-k must be at least 1, got {k}")

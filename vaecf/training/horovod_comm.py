@@ -1,4 +1,4 @@
-"""The Horovod implementation of :class:`vaecf.distributed.Comm` (data-parallel training).
+"""The Horovod implementation of :class:`vaecf.training.distributed.Comm` (data-parallel training).
 
 Imported only under a Horovod launcher (``horovodrun``, ``mpirun``, or ``vaecf train --np/--gpus``
 which calls ``horovodrun`` itself). Only Horovod's core TensorFlow ops are used: with Keras 3,
@@ -15,27 +15,14 @@ import horovod.tensorflow as hvd
 import tensorflow as tf
 
 
-def _pin_one_gpu(local_rank: int) -> None:
-    """Make this rank see only GPU ``local_rank`` (one GPU per rank, NCCL between them).
-
-    Must run before TensorFlow creates its devices; a no-op on machines without GPUs.
-    """
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return
-    mine = gpus[local_rank % len(gpus)]
-    tf.config.set_visible_devices([mine], "GPU")
-    # Grow on demand: several ranks share one card when there are more ranks than GPUs.
-    tf.config.experimental.set_memory_growth(mine, True)
-
-
 class HorovodComm:
     """This process as one rank of a Horovod job.
 
     Attributes:
         rank: this process's rank, 0 .. size-1.
         size: number of ranks.
-        local_rank: rank among the processes on this host (selects the GPU).
+        local_rank: rank among the processes on this host (its GPU was chosen before
+            Horovod started, by :func:`vaecf.backend.probe.pin_rank_gpu`).
     """
 
     def __init__(self) -> None:
@@ -43,7 +30,6 @@ class HorovodComm:
         self.rank = hvd.rank()
         self.size = hvd.size()
         self.local_rank = hvd.local_rank()
-        _pin_one_gpu(self.local_rank)
 
     @property
     def is_chief(self) -> bool:

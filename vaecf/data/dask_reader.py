@@ -1,10 +1,10 @@
 """``prepare --dask``: read, check, threshold and factorize the inputs on a dask cluster.
 
 Each input file is one partition of a ``dask.dataframe`` (pandas partitions on CPU, cuDF ones
-on GPUs), read and checked on a worker by :func:`vaecf.gpu_ingest.read_file` (so errors name
+on GPUs), read and checked on a worker by :func:`vaecf.data.frames.read_file` (so errors name
 file, column and row as everywhere else). The per-partition sorted uniques come back to the
 client, which merges them into the global sorted id lists; the workers then turn their ids into
-codes against those lists. The result is the same :class:`vaecf.ingest.Encoded` as the
+codes against those lists. The result is the same :class:`vaecf.data.readers.Encoded` as the
 single-process readers', hence a byte-identical dataset.
 
 Scale: a single file must fit in one worker's memory (give big data as many files, e.g.
@@ -19,27 +19,26 @@ with one worker per GPU.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vaecf import gpu_ingest
 from vaecf.backend import Backend
+from vaecf.data import frames
+from vaecf.data.readers import ColumnSpec, Encoded
 from vaecf.errors import VaecfError
-from vaecf.ingest import ColumnSpec, Encoded
 
 
-def _read_part(path: str, spec: ColumnSpec, frames: str, min_rating: float | None) -> Any:
-    """Worker side: one file -> a frame (user, item, kept); see gpu_ingest.read_file."""
-    return gpu_ingest.read_file(gpu_ingest.frame_module(frames), Path(path), spec, min_rating)
+def _read_part(path: str, spec: ColumnSpec, frames_name: str, min_rating: float | None) -> Any:
+    """Worker side: one file -> a frame (user, item, kept); see frames.read_file."""
+    return frames.read_file(frames.frame_module(frames_name), Path(path), spec, min_rating)
 
 
 def _uniques(part: Any) -> tuple[int, Any, Any]:
     """Worker side: (rows read, sorted distinct kept users, sorted distinct kept items)."""
     kept = part[part["kept"]]
-    return (len(part), gpu_ingest.sorted_uniques(kept["user"]),
-            gpu_ingest.sorted_uniques(kept["item"]))
+    return (len(part), frames.sorted_uniques(kept["user"]),
+            frames.sorted_uniques(kept["item"]))
 
 
 def _codes(part: Any, user_ids: Any, item_ids: Any) -> tuple[Any, Any]:
@@ -51,14 +50,14 @@ def _codes(part: Any, user_ids: Any, item_ids: Any) -> tuple[Any, Any]:
         users = users.astype("str")
     if str(items.dtype) != str(item_ids.dtype):
         items = items.astype("str")
-    return gpu_ingest.codes_into(user_ids, users), gpu_ingest.codes_into(item_ids, items)
+    return frames.codes_into(user_ids, users), frames.codes_into(item_ids, items)
 
 
 @contextlib.contextmanager
-def dask_client(backend_name: str, scheduler: str | None) -> Iterator[Any]:
+def dask_client(backend: Backend, scheduler: str | None) -> Iterator[Any]:
     """A connected ``distributed.Client``, closed (with its local cluster) on exit."""
     try:
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client
     except ImportError as error:
         raise VaecfError(f"--dask needs dask ({error}); pip install 'vaecf[dask]'") from None
     if scheduler is not None:
@@ -69,19 +68,13 @@ def dask_client(backend_name: str, scheduler: str | None) -> Iterator[Any]:
         with client:
             yield client
         return
-    if backend_name == "gpu":
-        cluster = gpu_ingest.local_cuda_cluster()
-    else:
-        # Loopback only, no dashboard: nothing is exposed beyond this machine.
-        cluster = LocalCluster(host="127.0.0.1", n_workers=min(4, os.cpu_count() or 1),
-                               threads_per_worker=1, dashboard_address=None)
-    with cluster, Client(cluster) as client:
+    with backend.dask_cluster() as cluster, Client(cluster) as client:
         yield client
 
 
 def read_encoded(paths: list[Path], spec: ColumnSpec, min_rating: float | None,
                  backend: Backend, scheduler: str | None = None) -> Encoded:
-    """The dask counterpart of :func:`vaecf.gpu_ingest.read_encoded`.
+    """The dask counterpart of :func:`vaecf.data.frames.read_encoded`.
 
     Args:
         backend: CPU (pandas partitions) or GPU (cuDF partitions).
@@ -92,29 +85,28 @@ def read_encoded(paths: list[Path], spec: ColumnSpec, min_rating: float | None,
     import dask
     import dask.dataframe as dd
 
-    frames_name = gpu_ingest.frames_for(backend.name)
-    frames = gpu_ingest.frame_module(frames_name)
-    with dask_client(backend.name, scheduler):
+    fm = backend.frames()   # pandas partitions on CPU, cuDF ones on GPUs
+    with dask_client(backend, scheduler):
         # One partition per file; the id dtypes differ between files (int64 or string), so
         # the frame's declared meta is not enforced and partitions are handled one by one.
-        meta = frames.DataFrame({"user": frames.Series([], dtype="int64"),
-                                 "item": frames.Series([], dtype="int64"),
-                                 "kept": frames.Series([], dtype="bool")})
+        meta = fm.DataFrame({"user": fm.Series([], dtype="int64"),
+                             "item": fm.Series([], dtype="int64"),
+                             "kept": fm.Series([], dtype="bool")})
         parts = dd.from_map(_read_part, [str(path) for path in paths], spec=spec,
-                            frames=frames_name, min_rating=min_rating, meta=meta,
+                            frames_name=fm.__name__, min_rating=min_rating, meta=meta,
                             enforce_metadata=False).persist()
         pieces = parts.to_delayed()
         summaries = dask.compute(*[dask.delayed(_uniques)(piece) for piece in pieces])
         rows_read = sum(rows for rows, _, _ in summaries)
-        user_ids = gpu_ingest.sorted_uniques(
-            gpu_ingest.unify(frames, [users for _, users, _ in summaries]))
-        item_ids = gpu_ingest.sorted_uniques(
-            gpu_ingest.unify(frames, [items for _, _, items in summaries]))
+        user_ids = frames.sorted_uniques(
+            frames.unify(fm, [users for _, users, _ in summaries]))
+        item_ids = frames.sorted_uniques(
+            frames.unify(fm, [items for _, _, items in summaries]))
         user_ref, item_ref = dask.delayed(user_ids), dask.delayed(item_ids)
         codes = dask.compute(*[dask.delayed(_codes)(piece, user_ref, item_ref)
                                for piece in pieces])
     xp = backend.xp  # numpy codes from pandas partitions, cupy from cuDF ones
     return Encoded(xp.concatenate([users for users, _ in codes]),
                    xp.concatenate([items for _, items in codes]),
-                   gpu_ingest.to_arrow(user_ids), gpu_ingest.to_arrow(item_ids), rows_read)
+                   frames.to_arrow(user_ids), frames.to_arrow(item_ids), rows_read)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vaecf.batches import entry_rows
+from vaecf.model.batches import entry_rows
 
 METRIC_KS = (20, 50, 100)
 SELECTION_METRIC = "ndcg@100"   # what picks the best checkpoint

@@ -1,4 +1,4 @@
-"""``vaecf prepare``: interaction files -> a dataset directory (see :mod:`vaecf.dataset`).
+"""``vaecf prepare``: interaction files -> a dataset directory (see :mod:`vaecf.data.dataset`).
 
 Read and encode ids on the dataframe side (pyarrow on CPU), then filter, split and build CSR
 matrices with the array backend's ``xp`` only, then write atomically.
@@ -6,7 +6,6 @@ matrices with the array backend's ``xp`` only, then write atomically.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vaecf import __version__, split
+from vaecf import __version__
 from vaecf.atomic import atomic_directory, check_target
 from vaecf.backend import Backend
-from vaecf.dataset import FORMAT, VERSION, shard_name, write_csr, write_meta, write_table
-from vaecf.errors import VaecfError
-from vaecf.ingest import (
+from vaecf.data import split
+from vaecf.data.dataset import FORMAT, VERSION, shard_name, write_csr, write_meta, write_table
+from vaecf.data.readers import (
     ColumnSpec,
     Encoded,
     encode,
@@ -29,10 +28,11 @@ from vaecf.ingest import (
     sha256_of,
     string_arrow,
 )
+from vaecf.errors import VaecfError
 from vaecf.progress import Steps
 from vaecf.settings import PrepareSettings
 
-BUNDLED = Path(__file__).parent / "data"
+BUNDLED = Path(__file__).resolve().parents[1] / "examples"
 EXAMPLES = {
     # name -> (file, settings that read it the way the reference preprocessing does)
     "movielens-small": (
@@ -214,22 +214,20 @@ def reader_name(backend: Backend, dask: bool, scheduler: str | None) -> str:
     else the split still runs on the GPU after the pyarrow reader) or pyarrow."""
     if dask or scheduler is not None:
         return "dask"
-    if backend.name == "gpu" and importlib.util.find_spec("cudf") is not None:
-        return "cudf"
-    return "pyarrow"
+    return backend.native_reader or "pyarrow"
 
 
 def encode_inputs(paths: list[Path], spec: ColumnSpec, min_rating: float | None,
                   backend: Backend, reader: str, scheduler: str | None = None) -> Encoded:
     """The one seam between the readers; all give the same Encoded, hence the same bytes."""
     if reader == "dask":
-        from vaecf import dask_ingest
+        from vaecf.data import dask_reader
 
-        return dask_ingest.read_encoded(paths, spec, min_rating, backend, scheduler)
+        return dask_reader.read_encoded(paths, spec, min_rating, backend, scheduler)
     if reader == "cudf":
-        from vaecf import gpu_ingest
+        from vaecf.data import frames
 
-        return gpu_ingest.read_encoded(gpu_ingest.frame_module("cudf"), paths, spec, min_rating)
+        return frames.read_encoded(backend.frames(), paths, spec, min_rating)
     return encode(read_inputs(paths, spec), min_rating)
 
 
@@ -239,7 +237,8 @@ def prepare(
 ) -> dict[str, Any]:
     """Run the whole stage; returns the written meta.json content.
 
-    ``dask`` (or a ``scheduler`` address) reads on a dask cluster; see :mod:`vaecf.dask_ingest`.
+    ``dask`` (or a ``scheduler`` address) reads on a dask cluster; see
+    :mod:`vaecf.data.dask_reader`.
 
     Raises:
         VaecfError: bad input, named in one line; nothing is left behind.

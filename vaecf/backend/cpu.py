@@ -1,0 +1,69 @@
+"""The CPU backend: NumPy, scipy.sparse, pandas, TensorFlow on the host."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from vaecf.backend.base import Backend
+from vaecf.backend.probe import cpu_has_bf16
+
+log = logging.getLogger("vaecf")
+
+
+@dataclass(frozen=True)
+class CpuBackend(Backend):
+    """NumPy + scipy.sparse (``xp`` may be replaced by a stand-in in tests)."""
+
+    name: str = "cpu"
+    xp: ModuleType = field(default=np)
+    xsparse: ModuleType = field(default=scipy.sparse)
+
+    def csr(self, matrix: Any) -> Any:
+        return matrix.tocsr()
+
+    def to_tf(self, array: Any) -> Any:
+        # Not DLPack: TF's from_dlpack aborts the process on NumPy buffers that are not
+        # 64-byte aligned (docs/design.md, "Handing arrays to TensorFlow").
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(array)
+
+    def from_tf(self, tensor: Any) -> Any:
+        return np.array(tensor)
+
+    def frames(self) -> ModuleType:
+        import pandas
+
+        return pandas
+
+    @contextlib.contextmanager
+    def dask_cluster(self) -> Iterator[Any]:
+        from dask.distributed import LocalCluster
+
+        # Loopback only, no dashboard: nothing is exposed beyond this machine.
+        with LocalCluster(host="127.0.0.1", n_workers=min(4, os.cpu_count() or 1),
+                          threads_per_worker=1, dashboard_address=None) as cluster:
+            yield cluster
+
+    def configure_tensorflow(self) -> None:
+        """Hide any GPU from TensorFlow: ``--backend cpu`` means the model runs on the CPU."""
+        import tensorflow as tf
+
+        with contextlib.suppress(RuntimeError):   # devices already initialised: leave them
+            tf.config.set_visible_devices([], "GPU")
+
+    def amp_policy(self) -> str:
+        """bfloat16 where the CPU executes it natively, float32 (said once) elsewhere."""
+        if cpu_has_bf16():
+            return "mixed_bfloat16"
+        log.info("--amp: this CPU has no bfloat16 instructions; training in float32")
+        return "float32"

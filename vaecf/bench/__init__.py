@@ -1,0 +1,1 @@
+"""Benchmarks of every stage against this machine's own ceilings (called by ``vaecf bench``)."""

@@ -1,0 +1,1 @@
+"""Evaluation under strong generalization: ranking metrics, the held-out protocol, baselines."""

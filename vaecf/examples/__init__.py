@@ -1,0 +1,1 @@
+"""Bundled example data (MovieLens latest-small, redistributable under its README)."""

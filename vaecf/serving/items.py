@@ -1,0 +1,187 @@
+"""Requests in original ids: the item map (original id <-> model column) and the users to score.
+
+A request is a set of users, each given as the original ids of items they interacted with
+(ints or strings, as in the training input). Ids go through the run's item map; unknown ones are
+reported and skipped. How ids are compared is decided once, in :func:`coerce_ids`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse
+
+from vaecf.data.readers import ColumnSpec, read_file
+from vaecf.errors import VaecfError
+
+_INTEGER = r"^\s*[-+]?\d+\s*$"
+
+
+def coerce_ids(values: pa.Array | pa.ChunkedArray, id_type: pa.DataType) -> pa.Array:
+    """Original ids in the type of the run's item ids; values that cannot be one become null.
+
+    An int64 model accepts "42" (and " 42 "), a string model accepts 42 as "42", so a request
+    file whose column was read as the other type still maps.
+
+    Args:
+        values: ids, shape (n,), int64 or string.
+        id_type: the item map's type (int64 or string).
+    Returns:
+        shape (n,), of ``id_type``, nulls where the value is no such id.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if values.type == id_type:
+        return values
+    if pa.types.is_integer(id_type):
+        strings = pc.utf8_trim_whitespace(values.cast(pa.string()))
+        integral = pc.match_substring_regex(strings, _INTEGER)
+        # Non-integers become null first so the cast never fails.
+        return pc.if_else(integral, strings, pa.scalar(None, pa.string())).cast(id_type)
+    return values.cast(pa.string())
+
+
+class ItemMap:
+    """Original item id <-> model column.
+
+    Attributes:
+        ids: original id of each column, shape (n_items,), int64 or string.
+    """
+
+    def __init__(self, ids: pa.Array) -> None:
+        self.ids = ids
+
+    @property
+    def n_items(self) -> int:
+        return len(self.ids)
+
+    def columns(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """int64 columns of ``values`` (shape (n,)), -1 where the id is not in the model."""
+        found = pc.index_in(coerce_ids(values, self.ids.type), value_set=self.ids)
+        return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def originals(self, columns: np.ndarray) -> list[Any]:
+        """Original ids (Python ints or strs) of columns, shape (n,); -1 gives None."""
+        columns = np.asarray(columns, dtype=np.int64)
+        taken = self.ids.take(pa.array(np.where(columns < 0, 0, columns)))
+        return [None if c < 0 else v
+                for c, v in zip(columns.tolist(), taken.to_pylist(), strict=True)]
+
+
+@dataclass
+class Request:
+    """Users to score.
+
+    Attributes:
+        users: original user ids, one per row of ``seen``; None for one anonymous user
+            (``--user-items``).
+        seen: binary CSR (n_users, n_items) float32 of each user's known items.
+        unknown: distinct item ids not in the model, as given (strings), in input order.
+        skipped: original ids of users none of whose items are known (batch mode).
+    """
+
+    users: list[Any] | None
+    seen: scipy.sparse.csr_matrix
+    unknown: list[str] = field(default_factory=list)
+    skipped: list[Any] = field(default_factory=list)
+
+
+def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_items: int) -> scipy.sparse.csr_matrix:
+    """Binary CSR from (row, column) pairs; duplicates collapse to one."""
+    matrix = scipy.sparse.csr_matrix(
+        (np.ones(rows.shape[0], np.float32), (rows, cols)), shape=(n_rows, n_items))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def _unknown(values: pa.Array, columns: np.ndarray) -> list[str]:
+    """Distinct values whose column is -1, as strings, in first-seen order."""
+    missing = values.filter(pa.array(columns < 0))
+    return [str(v) for v in dict.fromkeys(missing.to_pylist())]
+
+
+def request_from_items(text: str, item_map: ItemMap) -> Request:
+    """One user from ``--user-items`` "ID,ID,...".
+
+    Raises:
+        VaecfError: no ids given, or none of them is an item the model knows.
+    """
+    tokens = [token.strip() for token in text.split(",") if token.strip()]
+    if not tokens:
+        raise VaecfError("--user-items: no item ids given (expected e.g. --user-items 1,50,260)")
+    values = pa.array(tokens, pa.string())
+    columns = item_map.columns(values)
+    unknown = _unknown(values, columns)
+    if len(unknown) == len(set(tokens)):
+        raise VaecfError(f"--user-items: none of the {len(unknown)} item id(s) is known to "
+                         f"the model ({_preview(unknown)}); nothing to recommend from")
+    known = columns[columns >= 0]
+    seen = _csr(np.zeros_like(known), known, 1, item_map.n_items)
+    return Request(None, seen, unknown)
+
+
+def request_from_file(path: Path, item_map: ItemMap, spec: ColumnSpec) -> Request:
+    """Many users from a file of (user, item) rows, read like a training input.
+
+    Every row counts as one interaction (``spec.rating`` is ignored: no rating filter); users
+    keep their file order.
+
+    Raises:
+        VaecfError: the file cannot be read, a column is missing, or no user has a known item.
+    """
+    data = read_file(Path(path), ColumnSpec(spec.user, spec.item, None, spec.sep, spec.header))
+    items = data.items.combine_chunks()
+    columns = item_map.columns(items)
+    # Number users by first appearance so the output follows the file.
+    users = data.users.combine_chunks()
+    first = pc.unique(users)
+    codes = pc.index_in(users, value_set=first).to_numpy(zero_copy_only=False).astype(np.int64)
+    known = columns >= 0
+    has_known = np.bincount(codes[known], minlength=len(first)) > 0
+    user_ids = first.to_pylist()
+    skipped = [u for u, ok in zip(user_ids, has_known, strict=True) if not ok]
+    if not has_known.any():
+        raise VaecfError(f"{path}: none of the {len(first):,} user(s) has an item known to the "
+                         f"model (unknown items: {_preview(_unknown(items, columns))})")
+    row_of = np.cumsum(has_known) - 1
+    seen = _csr(row_of[codes[known]], columns[known], int(has_known.sum()), item_map.n_items)
+    kept = [u for u, ok in zip(user_ids, has_known, strict=True) if ok]
+    return Request(kept, seen, _unknown(items, columns), skipped)
+
+
+def _preview(values: list[Any], limit: int = 5) -> str:
+    """"a, b, c and 7 more"."""
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit:,} more" if len(values) > limit else "")
+
+
+def describe_problems(request: Request) -> list[str]:
+    """Warning lines for unknown items and skipped users (empty when there are none)."""
+    lines = []
+    if request.unknown:
+        lines.append(f"{len(request.unknown):,} unknown item id(s) skipped: "
+                     f"{_preview(request.unknown)}")
+    if request.skipped:
+        lines.append(f"{len(request.skipped):,} user(s) skipped, none of their items is known "
+                     f"to the model: {_preview(request.skipped)}")
+    return lines
+
+
+def input_columns(run: Any) -> ColumnSpec:
+    """How the run's training input was read (user/item columns, separator, header), from its
+    dataset's meta.json when that directory still exists, else from the run's settings."""
+    from vaecf.data.dataset import Dataset
+
+    try:
+        columns = Dataset.open(run.dataset_path).meta["columns"]
+        return ColumnSpec(columns["user"], columns["item"], None, columns["sep"],
+                          columns["header"])
+    except VaecfError:
+        cfg = run.settings.prepare
+        return ColumnSpec(cfg.user_col, cfg.item_col, None, cfg.sep, cfg.header)
