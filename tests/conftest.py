@@ -1,26 +1,16 @@
-"""Shared fixtures: the real MovieLens data beside the checkout, and an in-process CLI runner."""
+"""Shared fixtures: an in-process CLI runner, the bundled data prepared once, small trained runs."""
 
 from __future__ import annotations
 
-import os
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("VAECF_SHARED_DATA", ROOT.parent / "shared" / "data"))
-ML_100K = SHARED_DATA / "ml-100k" / "u.data"
-ML_1M = SHARED_DATA / "ml-1m" / "ratings.parquet"
-ML_SMALL = ROOT / "vaecf" / "examples" / "movielens-small" / "ratings.csv"
-
-
-def need(path: Path) -> Path:
-    """Skip (with the reason) when a shared dataset is not beside the checkout."""
-    if not path.exists():
-        pytest.skip(f"{path} not found (expected ../shared/data beside the checkout)")
-    return path
+from helpers import ML_SMALL
 
 
 @dataclass
@@ -59,3 +49,34 @@ def small_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shared") / "small"
     prepare([str(path)], out, PrepareSettings(**flags), cpu_backend(), quiet=True)
     return out
+
+
+@functools.cache
+def _train_runs(base: Path) -> dict[str, Path]:
+    """Prepare and train two small runs once per session (both test modules share them)."""
+    from vaecf.backend import cpu_backend
+    from vaecf.data.prepare import EXAMPLES, prepare
+    from vaecf.settings import PrepareSettings, Settings
+    from vaecf.training.loop import train
+
+    ratings = pacsv.read_csv(ML_SMALL)
+    strings = base / "ratings-string-ids.csv"
+    items = pa.array([f"m{i}" for i in ratings["movieId"].to_pylist()])
+    pacsv.write_csv(ratings.set_column(1, "movieId", items), strings)
+    example = EXAMPLES["movielens-small"][1]
+    runs = {}
+    for kind, source in (("int", ML_SMALL), ("string", strings)):
+        data, run = base / f"data-{kind}", base / f"run-{kind}"
+        prepare([str(source)], data, PrepareSettings(**example), cpu_backend(), quiet=True)
+        settings = Settings.model_validate({
+            "model": {"hidden": 200, "latent": 64},
+            "train": {"epochs": 4, "batch_size": 100, "backend": "cpu"}})
+        train(settings, data, run, cpu_backend(), quiet=True)
+        runs[kind] = run
+    return runs
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """{"int": run dir, "string": run dir}."""
+    return _train_runs(tmp_path_factory.getbasetemp())

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ML_1M, ML_100K, ML_SMALL, need
+from helpers import ML_1M, ML_100K, ML_SMALL, need
 
 from vaecf.backend import CpuBackend, cpu_backend, gpu_status
 from vaecf.data import frames as gpu_ingest

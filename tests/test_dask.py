@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ML_100K, need
+from helpers import ML_100K, need
 
 pytest.importorskip("distributed", reason="dask is not installed (pip install 'vaecf[dask]')")
 

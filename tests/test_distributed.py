@@ -37,15 +37,6 @@ def no_launcher(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory) -> Path:
-    """The bundled MovieLens latest-small, prepared (484 training users, 6,558 items)."""
-    out = tmp_path_factory.mktemp("data") / "ml-small"
-    run_vaecf("prepare", "--example", "movielens-small", "--out", out, "--backend", "cpu",
-              "-q", cwd=out.parent)
-    return out
-
-
 def run_vaecf(*args: object, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     """``python -m vaecf ARGS`` in a fresh process (in ``cwd``, away from any settings.toml)."""
     done = subprocess.run([sys.executable, "-m", "vaecf", *map(str, args)], cwd=cwd,

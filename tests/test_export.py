@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from test_recommend import recommend_json, runs, user_items  # noqa: F401  (shared fixture)
+from helpers import recommend_json, user_items
 
 # Runs in a fresh interpreter: only TensorFlow; importing vaecf or keras would fail.
 LOADER = """

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import ML_1M, ML_100K, ML_SMALL, need
+from helpers import ML_1M, ML_100K, ML_SMALL, need
 
 from vaecf.data.dataset import Dataset
 from vaecf.data.split import n_targets_expected
@@ -21,25 +21,35 @@ PUBLISHED = {
 }
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """The three datasets prepared once with every interaction kept (no rating threshold)."""
-    from vaecf.backend import cpu_backend
-    from vaecf.data.prepare import prepare
-    from vaecf.settings import PrepareSettings
+class _Prepared(dict):
+    """Dataset name -> its directory, prepared on first use with every interaction kept (no
+    rating threshold); a shared dataset that is missing skips only the tests that use it."""
 
-    root = tmp_path_factory.mktemp("prepared")
-    specs = {
-        "ml-100k": (need(ML_100K), dict(user_col="0", item_col="1", rating_col="2",
-                                        header=False)),
-        "ml-1m": (need(ML_1M), dict(user_col="userID", item_col="movieID")),
+    SPECS = {
+        "ml-100k": (ML_100K, dict(user_col="0", item_col="1", rating_col="2", header=False)),
+        "ml-1m": (ML_1M, dict(user_col="userID", item_col="movieID")),
         "ml-latest-small": (ML_SMALL, dict(user_col="userId", item_col="movieId")),
     }
-    out = {}
-    for name, (path, cols) in specs.items():
-        out[name] = root / name
-        prepare([str(path)], out[name], PrepareSettings(**cols), cpu_backend(), quiet=True)
-    return out
+
+    def __init__(self, root) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str):
+        from vaecf.backend import cpu_backend
+        from vaecf.data.prepare import prepare
+        from vaecf.settings import PrepareSettings
+
+        path, cols = self.SPECS[name]
+        out = self.root / name
+        prepare([str(need(path))], out, PrepareSettings(**cols), cpu_backend(), quiet=True)
+        self[name] = out
+        return out
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> _Prepared:
+    return _Prepared(tmp_path_factory.mktemp("prepared"))
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED))

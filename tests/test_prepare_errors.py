@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ML_SMALL
+from helpers import ML_SMALL
 
 from vaecf.backend import gpu_status
 

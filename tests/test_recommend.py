@@ -4,60 +4,11 @@ on the same data with string item ids ("m<movieId>")."""
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
-from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import pytest
-from conftest import ML_SMALL
-
-MOVIES = ML_SMALL.parent / "movies.csv"
-
-
-@functools.cache
-def _train_runs(base: Path) -> dict[str, Path]:
-    """Prepare and train two small runs once per session (both test modules share them)."""
-    from vaecf.backend import cpu_backend
-    from vaecf.data.prepare import EXAMPLES, prepare
-    from vaecf.settings import PrepareSettings, Settings
-    from vaecf.training.loop import train
-
-    ratings = pacsv.read_csv(ML_SMALL)
-    strings = base / "ratings-string-ids.csv"
-    items = pa.array([f"m{i}" for i in ratings["movieId"].to_pylist()])
-    pacsv.write_csv(ratings.set_column(1, "movieId", items), strings)
-    example = EXAMPLES["movielens-small"][1]
-    runs = {}
-    for kind, source in (("int", ML_SMALL), ("string", strings)):
-        data, run = base / f"data-{kind}", base / f"run-{kind}"
-        prepare([str(source)], data, PrepareSettings(**example), cpu_backend(), quiet=True)
-        settings = Settings.model_validate({
-            "model": {"hidden": 200, "latent": 64},
-            "train": {"epochs": 4, "batch_size": 100, "backend": "cpu"}})
-        train(settings, data, run, cpu_backend(), quiet=True)
-        runs[kind] = run
-    return runs
-
-
-@pytest.fixture(scope="session")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """{"int": run dir, "string": run dir}."""
-    return _train_runs(tmp_path_factory.getbasetemp())
-
-
-def user_items(user: int) -> list[int]:
-    """The movieIds user ``user`` rated >= 3.5 in the bundled ratings, in file order."""
-    table = pacsv.read_csv(ML_SMALL).to_pylist()
-    return [r["movieId"] for r in table if r["userId"] == user and r["rating"] >= 3.5]
-
-
-def recommend_json(cli, *args: object) -> dict:
-    result = cli("recommend", *args, "--format", "json")
-    assert result.code == 0, result.err
-    return json.loads(result.out)
+from helpers import MOVIES, recommend_json, user_items
 
 
 def ids_of(doc: dict) -> list:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
-from conftest import ML_SMALL, ROOT
+from helpers import ML_SMALL, ROOT
 
 from vaecf.errors import VaecfError
 from vaecf.settings import Settings, load_settings

@@ -1,7 +1,9 @@
-"""Reading the versioned JSON header (``meta.json``, ``run.json``) of vaecf's on-disk formats."""
+"""The versioned JSON header (``meta.json``, ``run.json``) of vaecf's on-disk formats and the
+checksums that let a reader trust every file a header lists."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -35,3 +37,49 @@ def read_header(directory: Path, filename: str, fmt: str, version: int, what: st
         raise VaecfError(f"{directory}: {what} format version {data.get('version')!r} is not "
                          f"supported (this vaecf reads version {version}); re-run `{made_by}`")
     return data
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 4 MiB blocks (constant memory for any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(4 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_files(directory: Path, expected: dict[str, str], fix: str) -> None:
+    """Check that every file named in ``expected`` (file name -> sha256) is in ``directory``
+    with that content.
+
+    Args:
+        fix: what the user should do about a damaged file, e.g. "re-run `vaecf prepare`".
+    Raises:
+        VaecfError: one line naming the first missing or damaged file.
+    """
+    for name, sha256 in expected.items():
+        path = directory / name
+        if not path.is_file():
+            raise VaecfError(f"{path} is missing; {fix}")
+        try:
+            actual = file_sha256(path)
+        except OSError as error:
+            raise VaecfError(f"{path} cannot be read ({error.strerror}); {fix}") from None
+        if actual != sha256:
+            raise VaecfError(f"{path} is damaged (its sha256 differs from the one recorded "
+                             f"when it was written); {fix}")
+
+
+def read_parquet_column(path: Path, column: str) -> Any:
+    """One column of a small Parquet file vaecf wrote, as a pyarrow Array.
+
+    Raises:
+        VaecfError: the file is missing, unreadable or damaged, named in one line.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=[column])[column].combine_chunks()
+    except (OSError, pa.ArrowException, KeyError) as error:
+        raise VaecfError(f"{path} cannot be read ({error})") from None

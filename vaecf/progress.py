@@ -33,8 +33,10 @@ class Steps:
         self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(*exc)
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:   # a failed step leaves no spinner line above the error
+            self._progress.live.transient = True
+        self._progress.__exit__(exc_type, *exc)
 
     @contextlib.contextmanager
     def step(self, description: str, total: int = 1) -> Iterator[callable]:

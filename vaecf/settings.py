@@ -24,7 +24,8 @@ BackendChoice = Literal["auto", "cpu", "gpu"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No setting may be nan or ±inf: `--lr inf` would train to NaN weights "successfully".
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class PrepareSettings(_Section):

@@ -24,7 +24,8 @@ def bench_inference(
         "--run", help="Run directory written by `vaecf train`.", file_okay=False,
         show_default=False)] = None,
     synthetic: Annotated[bool, typer.Option(
-        "--synthetic", help="Instead of --run: a 20,000-item model trained one epoch on "
+        "--synthetic",
+        metavar="", help="Instead of --run: a 20,000-item model trained one epoch on "
         "synthetic data (built once into --workdir).")] = False,
     workdir: Annotated[Path, typer.Option(
         help="Where --synthetic keeps its data and run.")] = Path("/tmp/vaecf-bench"),
@@ -40,11 +41,13 @@ def bench_inference(
 ) -> None:
     from rich.table import Table
 
-    from vaecf.atomic import write_text
+    from vaecf.atomic import check_writable, write_text
     from vaecf.bench.inference import run as run_bench
     from vaecf.bench.inference import synthetic_run
     from vaecf.errors import VaecfError
     from vaecf.progress import console
+
+    check_writable(json_out, "--json")
 
 
     if (run is None) == (not synthetic):

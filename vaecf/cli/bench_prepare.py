@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -19,13 +19,20 @@ def bench_prepare(
                                       "(users and items scale with it).")] = 20_000_263,
     workdir: Annotated[Path, typer.Option(
         help="Where the CSV (cached) and the dataset go.")] = Path("/tmp/vaecf-bench"),
-    backend: Annotated[str, typer.Option(help="Backend prepare runs on: cpu or gpu.")] = "cpu",
+    backend: Annotated[Literal["cpu", "gpu"], typer.Option(
+        help="Backend prepare runs on.")] = "cpu",
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results to this JSON file.", dir_okay=False)] = None,
 ) -> None:
+    import json
+
     from rich.table import Table
 
+    from vaecf.atomic import check_writable, write_text
     from vaecf.bench.prepare import run
     from vaecf.progress import console
 
+    check_writable(json_out, "--json")
     result = run(workdir, rows, backend)
     table = Table(title="vaecf bench prepare")
     table.add_column("measure")
@@ -37,3 +44,5 @@ def bench_prepare(
     table.add_row("peak resident memory", f"{result['peak_rss_gb']:.2f} GB")
     table.add_row("training users / items", f"{result['train_users']:,} / {result['items']:,}")
     console.print(table)
+    if json_out is not None:
+        write_text(json_out, json.dumps(result, indent=2) + "\n")

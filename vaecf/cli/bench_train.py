@@ -29,9 +29,11 @@ def bench_train(
     batch_size: Annotated[str, typer.Option(
         "--batch-size", help="Comma-separated batch sizes to time.")] = "500",
     amp: Annotated[bool, typer.Option(
-        "--amp/--no-amp", help="Mixed precision (bfloat16 on this CPU, float16 on GPU).")
+        "--amp/--no-amp",
+        metavar="", help="Mixed precision (bfloat16 on this CPU, float16 on GPU).")
                    ] = False,
-    xla: Annotated[bool, typer.Option("--xla/--no-xla", help="XLA-compile the step.")] = False,
+    xla: Annotated[bool, typer.Option("--xla/--no-xla",
+        metavar="", help="XLA-compile the step.")] = False,
     steps: Annotated[int, typer.Option(min=1, help="Timed steps per round.")] = 10,
     rounds: Annotated[int, typer.Option(min=1, help="Rounds per batch size (best kept).")] = 3,
     json_out: Annotated[Path | None, typer.Option(
@@ -48,13 +50,15 @@ def bench_train(
     from rich.console import Console
     from rich.table import Table
 
-    from vaecf.atomic import write_text
+    from vaecf.atomic import check_writable, write_text
     from vaecf.bench.train import bench, synthetic_matrix
     from vaecf.data.dataset import Dataset
     from vaecf.errors import VaecfError
     from vaecf.settings import load_settings
     from vaecf.training.distributed import communicator
     from vaecf.training.launch import enter_job
+
+    check_writable(json_out, "--json")
 
     try:
         sizes = [int(part) for part in batch_size.split(",") if part.strip()]

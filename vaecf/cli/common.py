@@ -7,7 +7,7 @@ import the library inside the command body so ``vaecf --help`` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -26,6 +26,20 @@ bench_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 
+def default_of(section: str, key: str, none: str = "off") -> str:
+    """The built-in default of setting ``section.key`` as ``--help`` shows it: the settings
+    model is the one source of truth (``none`` names what an unset value means; a boolean
+    shows as its flag, e.g. ``no-amp``)."""
+    from vaecf.settings import Settings
+
+    value = getattr(Settings.model_fields[section].default, key)
+    if value is None:
+        return none
+    if isinstance(value, bool):
+        return key.replace("_", "-") if value else f"no-{key.replace('_', '-')}"
+    return str(value)
+
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -37,14 +51,14 @@ ConfigOption = Annotated[
     ),
 ]
 BackendOption = Annotated[
-    str | None,
+    Literal["auto", "cpu", "gpu"] | None,
     typer.Option(
         "--backend",
         help="Array backend: auto (GPU when CuPy finds one, else CPU), cpu, or gpu.",
-        show_default="auto",
+        show_default=default_of("train", "backend"),
     ),
 ]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress output.")]
 
 
 def install_logging() -> None:

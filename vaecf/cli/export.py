@@ -24,7 +24,8 @@ def export(
                                       file_okay=False)] = ...,
     top_k: Annotated[int, typer.Option("--top-k", min=1,
                                        help="Items returned per user.")] = 100,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
+    force: Annotated[bool, typer.Option("--force",
+        metavar="", help="Replace an existing --out.")] = False,
     quiet: QuietOption = False,
 ) -> None:
     from vaecf.progress import Steps, console

@@ -12,6 +12,7 @@ from vaecf.cli.common import (
     ConfigOption,
     QuietOption,
     app,
+    default_of,
     quiet_logging,
     summary,
 )
@@ -38,9 +39,11 @@ def prepare(
                      "movielens-small (MovieLens latest-small, ratings >= 3.5 are positive)."),
     ] = None,
     user_col: Annotated[str | None, typer.Option(
-        help="User id column: a name, or a 0-based position.", show_default="userId")] = None,
+        help="User id column: a name, or a 0-based position.",
+        show_default=default_of("prepare", "user_col"))] = None,
     item_col: Annotated[str | None, typer.Option(
-        help="Item id column: a name, or a 0-based position.", show_default="movieId")] = None,
+        help="Item id column: a name, or a 0-based position.",
+        show_default=default_of("prepare", "item_col"))] = None,
     rating_col: Annotated[str | None, typer.Option(
         help="Rating column (name or position); needed for --min-rating.")] = None,
     min_rating: Annotated[float | None, typer.Option(
@@ -49,35 +52,41 @@ def prepare(
         help="Field separator (any string, e.g. ',' '\\t' '::'); default: from the file "
         "extension, else sniffed from the first line.")] = None,
     header: Annotated[bool | None, typer.Option(
-        "--header/--no-header", help="Whether CSV files start with a header line.",
-        show_default="header")] = None,
+        "--header/--no-header", metavar="", help="Whether CSV files start with a header line.",
+        show_default=default_of("prepare", "header"))] = None,
     val_users: Annotated[float | None, typer.Option(
         help="Validation users: a count (>= 1) or a fraction of users (< 1, capped at "
-        "[prepare] max_heldout_users = 10,000).", show_default="0.1")] = None,
+        "[prepare] max_heldout_users = 10,000).",
+        show_default=default_of("prepare", "val_users"))] = None,
     test_users: Annotated[float | None, typer.Option(
-        help="Test users: a count or a fraction, as --val-users.", show_default="0.1")] = None,
+        help="Test users: a count or a fraction, as --val-users.",
+        show_default=default_of("prepare", "test_users"))] = None,
     holdout_fraction: Annotated[float | None, typer.Option(
         help="Share of each held-out user's items that become targets; the rest are fed in.",
-        show_default="0.2")] = None,
+        show_default=default_of("prepare", "holdout_fraction"))] = None,
     min_user_interactions: Annotated[int | None, typer.Option(
-        help="Drop users with fewer kept interactions.", show_default="5")] = None,
+        help="Drop users with fewer kept interactions.",
+        show_default=default_of("prepare", "min_user_interactions"))] = None,
     min_item_interactions: Annotated[int | None, typer.Option(
-        help="Drop items with fewer kept interactions.", show_default="1")] = None,
+        help="Drop items with fewer kept interactions.",
+        show_default=default_of("prepare", "min_item_interactions"))] = None,
     seed: Annotated[int | None, typer.Option(
-        help="Seed of the split hash.", show_default="0")] = None,
+        help="Seed of the split hash.", show_default=default_of("prepare", "seed"))] = None,
     shards: Annotated[int | None, typer.Option(
         help="Number of row shards of the training matrix (one per distributed rank "
-        "is natural; any count works).", show_default="1")] = None,
+        "is natural; any count works).", show_default=default_of("prepare", "shards"))] = None,
     backend: BackendOption = None,
     dask: Annotated[bool, typer.Option(
-        "--dask", help="Read, check and encode the files on a dask cluster, one partition per "
+        "--dask",
+        metavar="", help="Read, check and encode the files on a dask cluster, one partition per "
         "file: pandas partitions on a local cluster of worker processes on CPU, cuDF ones on "
         "dask-cuda's LocalCUDACluster with --backend gpu. Same dataset, byte for byte.")] = False,
     scheduler: Annotated[str | None, typer.Option(
         "--scheduler", help="Address of a running dask.distributed scheduler "
         "(e.g. tcp://10.0.0.5:8786) to use instead of a local cluster; implies --dask.",
         show_default=False)] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
+    force: Annotated[bool, typer.Option("--force",
+        metavar="", help="Replace an existing --out.")] = False,
     config: ConfigOption = None,
     quiet: QuietOption = False,
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -31,9 +31,9 @@ def recommend(
         show_default=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Items per user.")] = 10,
     include_seen: Annotated[bool, typer.Option(
-        "--include-seen", help="Allow recommending the user's own items.")] = False,
-    output_format: Annotated[str | None, typer.Option(
-        "--format", help="table, json or csv.",
+        "--include-seen", metavar="", help="Allow recommending the user's own items.")] = False,
+    output_format: Annotated[Literal["table", "json", "csv"] | None, typer.Option(
+        "--format", help="Output format.",
         show_default="from --output's extension, else table")] = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write here instead of standard output.", dir_okay=False,
@@ -58,7 +58,7 @@ def recommend(
     from rich.console import Console
     from rich.text import Text
 
-    from vaecf.atomic import write_text
+    from vaecf.atomic import check_apart, check_writable, write_text
     from vaecf.cli.tables import to_table
     from vaecf.errors import VaecfError
     from vaecf.model.rundir import RunDir
@@ -71,7 +71,6 @@ def recommend(
         request_from_items,
     )
     from vaecf.serving.output import (
-        FORMATS,
         read_item_names,
         to_csv,
         to_json,
@@ -80,12 +79,19 @@ def recommend(
 
     if (user_items is None) == (input_file is None):
         raise VaecfError("give exactly one of --user-items ID,ID,... or --input FILE")
-    if output_format is None:
-        suffix = output.suffix.lower().lstrip(".") if output is not None else ""
-        output_format = suffix if suffix in FORMATS else "table"
-    if output_format not in FORMATS:
-        raise VaecfError(f"--format: unknown format {output_format!r} "
-                         f"(choose {', '.join(FORMATS)})")
+    if output_format is None and output is not None:
+        suffix = output.suffix.lower().lstrip(".")
+        output_format = {"json": "json", "csv": "csv", "txt": "table"}.get(suffix)
+        if output_format is None:
+            raise VaecfError(f"--output {output}: cannot tell the format from "
+                             f"{output.suffix or 'no extension'!r}; name it .json, .csv or "
+                             ".txt, or give --format")
+    output_format = output_format or "table"
+    if input_file is not None and not input_file.is_file():
+        raise VaecfError(f"--input: file not found: {input_file}")
+    if output is not None:
+        check_apart(output, [run, *([input_file] if input_file else [])], "--output")
+        check_writable(output, "--output")
     run_dir = RunDir.open(run)
     item_map = ItemMap(run_dir.item_ids)
     spec = input_columns(run_dir)

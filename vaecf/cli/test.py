@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -22,8 +22,8 @@ def test(
     data: Annotated[Path | None, typer.Option(
         "--data", "-d", help="Dataset directory; default: the one the run was trained on.",
         file_okay=False)] = None,
-    split: Annotated[str, typer.Option(help="Held-out users to score: test or validation.")
-                     ] = "test",
+    split: Annotated[Literal["test", "validation"], typer.Option(
+        help="Held-out users to score.")] = "test",
     k: Annotated[str | None, typer.Option(
         "--k", help="Comma-separated cut-offs.", show_default="20,50,100")] = None,
     json_out: Annotated[Path | None, typer.Option(
@@ -36,12 +36,14 @@ def test(
     from rich.console import Console
     from rich.table import Table
 
-    from vaecf.atomic import write_text
+    from vaecf.atomic import check_writable, write_text
     from vaecf.backend import select_backend
     from vaecf.errors import VaecfError
     from vaecf.evaluation.metrics import metric_names
     from vaecf.evaluation.protocol import evaluate_run
     from vaecf.settings import load_settings
+
+    check_writable(json_out, "--json")
 
     try:
         ks = None if k is None else [int(part) for part in k.split(",") if part.strip()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -13,6 +13,7 @@ from vaecf.cli.common import (
     ConfigOption,
     QuietOption,
     app,
+    default_of,
     quiet_logging,
     summary,
 )
@@ -32,39 +33,46 @@ def train(
                                       file_okay=False)] = ...,
     epochs: Annotated[int | None, typer.Option(
         help="Passes over the training users (with --resume: extend to this many).",
-        show_default="200")] = None,
+        show_default=default_of("train", "epochs"))] = None,
     batch_size: Annotated[int | None, typer.Option(
         help="Users per optimizer step (per rank); an epoch is split into near-equal "
-        "batches of at most this size.", show_default="500")] = None,
+        "batches of at most this size.", show_default=default_of("train", "batch_size"))] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate.",
-                                             show_default="0.001")] = None,
+                                             show_default=default_of("train", "lr"))] = None,
     anneal_cap: Annotated[float | None, typer.Option(
-        help="Largest KL weight β.", show_default="0.2")] = None,
+        help="Largest KL weight β.", show_default=default_of("train", "anneal_cap"))] = None,
     anneal_steps: Annotated[int | None, typer.Option(
         help="β = min(step / anneal_steps, cap). Default: β reaches the cap halfway "
-        "through training.", show_default="auto")] = None,
+        "through training.", show_default=default_of("train", "anneal_steps", none="auto"))] = None,
     dropout: Annotated[float | None, typer.Option(
-        help="Input dropout probability.", show_default="0.5")] = None,
+        help="Input dropout probability.", show_default=default_of("model", "dropout"))] = None,
     hidden: Annotated[int | None, typer.Option(
-        help="Hidden layer width of encoder and decoder.", show_default="600")] = None,
+        help="Hidden layer width of encoder and decoder.",
+        show_default=default_of("model", "hidden"))] = None,
+    activation: Annotated[Literal["tanh", "relu", "sigmoid", "elu", "selu"] | None, typer.Option(
+        help="Activation of the hidden layers.",
+        show_default=default_of("model", "activation"))] = None,
     latent: Annotated[int | None, typer.Option(
-        help="Latent dimension.", show_default="200")] = None,
+        help="Latent dimension.", show_default=default_of("model", "latent"))] = None,
     validate_every: Annotated[int | None, typer.Option(
-        help="Validate every N epochs (and after the last).", show_default="1")] = None,
+        help="Validate every N epochs (and after the last).",
+        show_default=default_of("train", "validate_every"))] = None,
     patience: Annotated[int | None, typer.Option(
         help="Stop after N validations without a better NDCG@100.",
-        show_default="off")] = None,
+        show_default=default_of("train", "patience"))] = None,
     checkpoint_every: Annotated[int | None, typer.Option(
         help="Save a resumable checkpoint every N epochs (and at the end / Ctrl-C).",
-        show_default="10")] = None,
+        show_default=default_of("train", "checkpoint_every"))] = None,
     seed: Annotated[int | None, typer.Option(
-        help="Seed of initialisation, shuffling and noise.", show_default="0")] = None,
+        help="Seed of initialisation, shuffling and noise.",
+        show_default=default_of("train", "seed"))] = None,
     amp: Annotated[bool | None, typer.Option(
-        "--amp/--no-amp", help="Mixed precision: float16 with loss scaling on GPU, bfloat16 on "
-        "a CPU that has it.", show_default="no-amp")] = None,
+        "--amp/--no-amp",
+        metavar="", help="Mixed precision: float16 with loss scaling on GPU, bfloat16 on "
+        "a CPU that has it.", show_default=default_of("train", "amp"))] = None,
     xla: Annotated[bool | None, typer.Option(
-        "--xla/--no-xla", help="Compile the training step with XLA.",
-        show_default="no-xla")] = None,
+        "--xla/--no-xla", metavar="", help="Compile the training step with XLA.",
+        show_default=default_of("train", "xla"))] = None,
     backend: BackendOption = None,
     np: Annotated[int | None, typer.Option(
         "--np", help="Data-parallel training on N CPU processes (Horovod over Gloo). "
@@ -77,12 +85,14 @@ def train(
         "--hosts", help="Spread the ranks over machines, HOST:SLOTS,... (e.g. a:8,b:8); "
         "needs passwordless ssh and the same paths on every host.")] = None,
     scale_lr: Annotated[bool, typer.Option(
-        "--scale-lr", help="Multiply --lr by the number of ranks (the linear scaling rule "
+        "--scale-lr",
+        metavar="", help="Multiply --lr by the number of ranks (the linear scaling rule "
         "for the N-times larger global batch); stored in the run's settings.")] = False,
     resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the run in --out from its last checkpoint, with its "
+        "--resume", metavar="", help="Continue the run in --out from its last checkpoint, with its "
         "own settings.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
+    force: Annotated[bool, typer.Option("--force",
+        metavar="", help="Replace an existing --out.")] = False,
     log_json: Annotated[Path | None, typer.Option(
         "--log-json", help="Append one JSON object per epoch to this file.",
         dir_okay=False)] = None,
@@ -101,13 +111,14 @@ def train(
     if resume and force:
         raise VaecfError("give either --resume or --force, not both")
 
-    settings = load_settings(
-        config,
-        model=dict(hidden=hidden, latent=latent, dropout=dropout),
-        train=dict(epochs=epochs, batch_size=batch_size, lr=lr, anneal_cap=anneal_cap,
-                   anneal_steps=anneal_steps, validate_every=validate_every,
-                   patience=patience, checkpoint_every=checkpoint_every, seed=seed, amp=amp,
-                   xla=xla, backend=backend))
+    model_flags = dict(hidden=hidden, latent=latent, dropout=dropout, activation=activation)
+    train_flags = dict(epochs=epochs, batch_size=batch_size, lr=lr, anneal_cap=anneal_cap,
+                       anneal_steps=anneal_steps, validate_every=validate_every,
+                       patience=patience, checkpoint_every=checkpoint_every, seed=seed,
+                       amp=amp, xla=xla, backend=backend)
+    settings = load_settings(config, model=model_flags, train=train_flags)
+    if resume:
+        _refuse_changed_flags(out, {"model": model_flags, "train": train_flags})
     # A resumed run keeps its stored (already scaled) lr.
     entered = enter_job(settings, sys.argv[1:], np=np, gpus=gpus, hosts=hosts,
                         scale_lr=scale_lr and not resume,
@@ -119,3 +130,28 @@ def train(
                     log_json=log_json, extend_to=epochs)
     if run is not None and not quiet:
         console.print(summary_table(run))
+    if run is not None and run.status == "interrupted":
+        raise typer.Exit(130)   # so `train && export` never exports a half-trained model
+
+
+# What --resume may change: how far to train and where the arrays live, nothing the model or
+# its optimisation depends on.
+_RESUME_MAY_CHANGE = {"epochs", "backend"}
+
+
+def _refuse_changed_flags(out: Path, flags: dict[str, dict[str, object]]) -> None:
+    """--resume continues with the run's own settings: refuse flags that say otherwise
+    rather than ignore them silently."""
+    from vaecf.errors import VaecfError
+    from vaecf.model.rundir import RunDir
+
+    stored = RunDir.open(out).settings
+    for section, values in flags.items():
+        for key, value in values.items():
+            if value is None or key in _RESUME_MAY_CHANGE:
+                continue
+            have = getattr(getattr(stored, section), key)
+            if value != have:
+                raise VaecfError(f"--resume continues {out} with its own settings: "
+                                 f"--{key.replace('_', '-')} {value} differs from the run's "
+                                 f"{have} (start a new run with another --out to change it)")

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from vaecf import __version__
-from vaecf.atomic import atomic_directory, check_target
+from vaecf.atomic import atomic_directory, check_apart, check_target
 from vaecf.backend import Backend
 from vaecf.data import split
 from vaecf.data.dataset import FORMAT, VERSION, shard_name, write_csr, write_meta, write_table
@@ -29,6 +29,7 @@ from vaecf.data.readers import (
     string_arrow,
 )
 from vaecf.errors import VaecfError
+from vaecf.formats import file_sha256
 from vaecf.progress import Steps
 from vaecf.settings import PrepareSettings
 
@@ -204,6 +205,8 @@ def write_dataset(
         "counts": counts,
         "train_shards": shard_names,
         "matrices": matrices,
+        "tables": {name: file_sha256(directory / name)
+                   for name in ("items.parquet", "users.parquet")},
     }
     write_meta(directory, meta)
     return meta
@@ -243,8 +246,9 @@ def prepare(
     Raises:
         VaecfError: bad input, named in one line; nothing is left behind.
     """
-    check_target(out, force)
     paths = expand_inputs(inputs)
+    check_apart(out, paths)
+    check_target(out, force, marker="meta.json", kind="vaecf dataset")
     spec = ColumnSpec(cfg.user_col, cfg.item_col, cfg.rating_col, cfg.sep, cfg.header)
     if cfg.min_rating is not None and cfg.rating_col is None:
         raise VaecfError("--min-rating needs --rating-col")

@@ -46,6 +46,10 @@ class Progress:
         bad_validations: validations since the last improvement of the selection metric.
         ranks: processes of the job that wrote it (a mid-epoch position needs as many).
         partial: loss sums of the unfinished epoch, or None at an epoch boundary.
+        best_metric: the best validation selection metric reached up to this point (None
+            before the first validation). Kept here, not only in run.json's ``best``: a run
+            resumed from an older checkpoint must compare its replayed epochs with the best
+            *as of that checkpoint* to stop where an uninterrupted run stops.
     """
 
     epoch: int = 0
@@ -54,6 +58,7 @@ class Progress:
     bad_validations: int = 0
     ranks: int = 1
     partial: EpochSums | None = field(default=None)
+    best_metric: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,7 +69,8 @@ class Progress:
         return cls(epoch=int(data["epoch"]), batch=int(data["batch"]), step=int(data["step"]),
                    bad_validations=int(data.get("bad_validations", 0)),
                    ranks=int(data.get("ranks", 1)),
-                   partial=EpochSums(**partial) if partial else None)
+                   partial=EpochSums(**partial) if partial else None,
+                   best_metric=data.get("best_metric"))
 
     def at_epoch_end(self, epoch: int, step: int) -> Progress:
         """This progress after finishing epoch ``epoch`` at ``step``."""

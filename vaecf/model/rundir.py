@@ -21,7 +21,10 @@ epochs finished, ``batch``: batches finished in the current epoch, ``step``: opt
 unfinished epoch), ``checkpoint`` (``weights``, ``optimizer`` file names, or null before the
 first one), ``best`` (``epoch``, ``step``, ``metrics``, ``weights`` file name, or null) and
 ``history`` (one dict per finished epoch: epoch, step, loss, nll, kl, beta, users_per_s,
-seconds, and ``validation`` metrics when computed).
+seconds, and ``validation`` metrics when computed) and ``files`` (file name -> sha256 of
+settings.json, items.parquet and every weight file run.json names; absent in runs written
+before checksums were recorded). Opening a run verifies settings.json and items.parquet;
+loading weights verifies their file first.
 
 Weight files are NumPy ``.npz`` archives holding arrays ``v000``, ``v001``, ... in the order of
 ``model.weights`` (resp. ``optimizer.variables``) plus ``names`` (their variable paths), so they
@@ -36,18 +39,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from vaecf.atomic import atomic_directory, replace_file
+from vaecf.atomic import atomic_directory, clean_stale_files, recover, replace_file
 from vaecf.errors import VaecfError
-from vaecf.formats import read_header
+from vaecf.formats import file_sha256, read_header, read_parquet_column, verify_files
 from vaecf.model.progress import Progress
 from vaecf.settings import Settings
 
@@ -62,9 +64,14 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     replace_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def save_variables(path: Path, variables: list[Any]) -> None:
-    """Variables' values as v000.. plus their ``names``, in one atomic .npz."""
+def save_variables(path: Path, variables: list[Any]) -> str:
+    """Variables' values as v000.. plus their ``names``, in one atomic .npz; returns the
+    file's sha256. Refuses non-finite values: a file vaecf wrote is one it can vouch for."""
     arrays = {f"v{i:03d}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
+    for variable, value in zip(variables, arrays.values(), strict=False):
+        if not np.isfinite(value).all():
+            raise VaecfError(f"{variable.path} holds non-finite values (nan or inf); "
+                             f"not writing {path.name}")
     arrays["names"] = np.array([v.path for v in variables])
 
     def write(tmp: Path) -> None:
@@ -72,6 +79,7 @@ def save_variables(path: Path, variables: list[Any]) -> None:
             np.savez(handle, **arrays)
 
     replace_file(path, write)
+    return file_sha256(path)
 
 
 def _unscoped(path: str) -> str:
@@ -80,7 +88,7 @@ def _unscoped(path: str) -> str:
     return re.sub(r"^([A-Za-z]+)_\d+/", r"\1/", path)
 
 
-def load_variables(path: Path, variables: list[Any]) -> None:
+def load_variables(path: Path, variables: list[Any]) -> list[str] | None:
     """Assign the values saved by :func:`save_variables` to ``variables``, after checking that
     the file holds exactly these variables: same count, and each array's saved name and shape
     equal to the variable's (two same-shaped biases can never load swapped).
@@ -88,7 +96,11 @@ def load_variables(path: Path, variables: list[Any]) -> None:
     Raises:
         VaecfError: the file does not hold this model's variables, named in one line.
     """
-    with np.load(path, allow_pickle=False) as saved:
+    try:
+        saved = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise VaecfError(f"{path} cannot be read ({error}); the run is damaged") from None
+    with saved:
         count = sum(1 for key in saved.files if key.startswith("v"))
         if count != len(variables):
             raise VaecfError(f"{path}: holds {count} arrays, the model has {len(variables)}")
@@ -101,6 +113,7 @@ def load_variables(path: Path, variables: list[Any]) -> None:
                 raise VaecfError(f"{path}: {variable.path} has shape {value.shape}, "
                                  f"expected {tuple(variable.shape)}")
             variable.assign(value)
+        return names
 
 
 class RunDir:
@@ -126,7 +139,7 @@ class RunDir:
         m = settings.model
         meta = {
             "format": FORMAT, "version": VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": {"vaecf": __version__, "tensorflow": tf.__version__,
                          "keras": keras.__version__},
             "dataset": {"path": str(Path(dataset.path).resolve()),
@@ -141,6 +154,8 @@ class RunDir:
         with atomic_directory(path, force) as tmp:
             write_json(tmp / "settings.json", settings.model_dump(mode="json"))
             shutil.copyfile(Path(dataset.path) / "items.parquet", tmp / "items.parquet")
+            meta["files"] = {name: file_sha256(tmp / name)
+                             for name in ("settings.json", "items.parquet")}
             write_json(tmp / RUN_JSON, meta)
         return cls(path, meta)
 
@@ -148,8 +163,20 @@ class RunDir:
     def open(cls, path: Path | str) -> RunDir:
         """Open and validate a run directory; VaecfError (one line) if it is not one."""
         path = Path(path)
+        recover(path)
         meta = read_header(path, RUN_JSON, FORMAT, VERSION, "vaecf run directory", "vaecf train")
-        return cls(path, meta)
+        run = cls(path, meta)
+        clean_stale_files(path)
+        run.verify("settings.json", "items.parquet")
+        return run
+
+    def verify(self, *names: str) -> None:
+        """Check files of the run against the sha256 run.json records for them (runs written
+        before checksums were recorded have none: nothing to check)."""
+        recorded = self.meta.get("files")
+        if recorded is not None:
+            verify_files(self.path, {name: recorded.get(name, "unrecorded") for name in names},
+                         "the run is damaged: train it again or restore it from a copy")
 
     # ---- what the run is ------------------------------------------------------------------
 
@@ -162,7 +189,7 @@ class RunDir:
     @cached_property
     def item_ids(self) -> pa.Array:
         """Original item id of each model column, shape (n_items,)."""
-        return pq.read_table(self.path / "items.parquet")["item_id"].combine_chunks()
+        return read_parquet_column(self.path / "items.parquet", "item_id")
 
     @property
     def dataset_fingerprint(self) -> str:
@@ -214,8 +241,12 @@ class RunDir:
         if name is None:
             raise VaecfError(f"{self.path}: no weights saved yet (training stopped before "
                              "the first checkpoint)")
+        self.verify(name)
         model = self.build_model()
         load_variables(self.path / name, model.weights)
+        if not all(np.isfinite(w.numpy()).all() for w in model.weights):
+            raise VaecfError(f"{self.path / name} holds non-finite weights; this run cannot "
+                             "serve (train it again, e.g. with a lower --lr)")
         return model
 
     def check_dataset(self, dataset: Any) -> None:
@@ -225,11 +256,18 @@ class RunDir:
                              f"(fingerprint {dataset.fingerprint[:12]} != "
                              f"{self.dataset_fingerprint[:12]})")
 
-    def _commit(self, meta: dict[str, Any], superseded: list[str | None]) -> None:
-        write_json(self.path / RUN_JSON, meta)
-        self.meta = meta
+    def _commit(self, meta: dict[str, Any], superseded: list[str | None],
+                written: dict[str, str] | None = None) -> None:
+        """Make ``meta`` the run's state with one atomic rewrite of run.json, recording the
+        sha256 of the files just ``written``; then delete ``superseded`` files."""
         keep = {(meta["checkpoint"] or {}).get("weights"),
                 (meta["checkpoint"] or {}).get("optimizer"), (meta["best"] or {}).get("weights")}
+        if "files" in self.meta:
+            files = {**self.meta["files"], **(written or {})}
+            meta = {**meta, "files": {name: sha for name, sha in files.items()
+                                      if name in keep or not name.endswith(".npz")}}
+        write_json(self.path / RUN_JSON, meta)
+        self.meta = meta
         for name in superseded:
             if name and name not in keep:
                 (self.path / name).unlink(missing_ok=True)
@@ -237,23 +275,23 @@ class RunDir:
     def save_best(self, model: Any, epoch: int, step: int, metrics: dict[str, float]) -> None:
         """Keep ``model``'s current weights as the best ones."""
         name = f"best-{step:08d}.weights.npz"
-        save_variables(self.path / name, model.weights)
+        sha = save_variables(self.path / name, model.weights)
         old = (self.meta["best"] or {}).get("weights")
         meta = {**self.meta, "best": {"epoch": epoch, "step": step, "metrics": metrics,
                                       "weights": name}}
-        self._commit(meta, [old])
+        self._commit(meta, [old], {name: sha})
 
     def save_checkpoint(self, model: Any, optimizer: Any, progress: Progress,
                         history: list[dict[str, Any]], status: str) -> None:
         """Save a resumable state: weights, optimizer variables, progress and history."""
         step = progress.step
         weights, opt = f"ckpt-{step:08d}.weights.npz", f"ckpt-{step:08d}.optimizer.npz"
-        save_variables(self.path / weights, model.weights)
-        save_variables(self.path / opt, optimizer.variables)
+        written = {weights: save_variables(self.path / weights, model.weights),
+                   opt: save_variables(self.path / opt, optimizer.variables)}
         old = self.meta["checkpoint"] or {}
         meta = {**self.meta, "progress": progress.to_json(), "history": history, "status": status,
                 "checkpoint": {"weights": weights, "optimizer": opt}}
-        self._commit(meta, [old.get("weights"), old.get("optimizer")])
+        self._commit(meta, [old.get("weights"), old.get("optimizer")], written)
 
     def set_status(self, status: str) -> None:
         """Record how training ended without touching any weights."""
@@ -264,6 +302,7 @@ class RunDir:
         progress (a fresh run's when there is no checkpoint yet)."""
         entry = self.meta["checkpoint"]
         if entry is not None:
+            self.verify(entry["weights"], entry["optimizer"])
             load_variables(self.path / entry["weights"], model.weights)
             load_variables(self.path / entry["optimizer"], optimizer.variables)
         return self.progress

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vaecf.atomic import atomic_directory, check_target
+from vaecf.atomic import atomic_directory, check_apart, check_target
 from vaecf.errors import VaecfError
 
 SIGNATURE = "serving_default"
@@ -83,7 +83,8 @@ def export(run_path: Path, out: Path, k: int = 100, force: bool = False) -> dict
 
     if k < 1:
         raise VaecfError(f"--top-k must be at least 1, got {k}")
-    check_target(out, force)
+    check_apart(out, [run_path])
+    check_target(out, force, marker="saved_model.pb", kind="vaecf export")
     run = RunDir.open(run_path)
     model = run.load_model()
     item_ids = [str(v) for v in run.item_ids.to_pylist()]

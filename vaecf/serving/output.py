@@ -26,8 +26,6 @@ from vaecf.errors import VaecfError
 from vaecf.serving.items import ItemMap, Request
 from vaecf.serving.recommender import Recommendations
 
-FORMATS = ("table", "json", "csv")
-
 
 def read_item_names(path: Path, item_map: ItemMap, id_col: str, name_col: str) -> list[str | None]:
     """Name of each model column from a file such as MovieLens' movies.csv (None if absent).

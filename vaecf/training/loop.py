@@ -25,26 +25,46 @@ import contextlib
 import json
 import logging
 import math
+import os
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
+from vaecf.atomic import (
+    check_apart,
+    check_target,
+    check_writable,
+    commit_directory,
+    write_text,
+)
 from vaecf.backend import Backend
 from vaecf.data.dataset import Dataset
 from vaecf.errors import VaecfError
 from vaecf.evaluation.metrics import METRIC_KS, SELECTION_METRIC
 from vaecf.model.batches import epoch_order, iterate, steps_per_epoch
 from vaecf.model.progress import EpochSums, Progress
-from vaecf.model.rundir import RunDir
+from vaecf.model.rundir import RUN_JSON, RunDir
 from vaecf.settings import Settings
 from vaecf.training.distributed import Comm, communicator
 from vaecf.training.trainer import Trainer, precision_policy
 from vaecf.training.view import TrainView
 
 log = logging.getLogger("vaecf")
+_DIVERGED = 1024.0   # added to the per-step stop signal by a rank whose loss is not finite
+
+
+class Diverged(VaecfError):
+    """The loss became non-finite; nothing from that step on is saved."""
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        super().__init__(f"training diverged in epoch {epoch} at step {step}: the loss is "
+                         f"{loss}")
+        self.epoch, self.step = epoch, step
 
 ANNEAL_FRACTION = 0.5   # share of training after which β reaches its cap (default schedule)
 
@@ -123,14 +143,18 @@ class _Session:
             sums.add(loss, nll, kl, batch.size)
             elapsed = sums.seconds + time.perf_counter() - started
             self.view.advance(loss, kl, self.beta, sums.users * comm.size / elapsed)
-            if comm.allreduce_sum(float(interrupted.is_set())) > 0:
+            # One collective per step carries both stop reasons, so every rank stops together.
+            stop = comm.allreduce_sum(float(interrupted.is_set())
+                                      + (0.0 if math.isfinite(loss) else _DIVERGED))
+            if stop >= _DIVERGED:
+                raise Diverged(p.epoch + 1, step, loss)
+            if stop > 0:
                 whole = EpochSums(*(comm.allreduce_sum(getattr(sums, name))
                                     for name in ("loss", "nll", "kl", "users")), elapsed)
-                self.progress = Progress(p.epoch, b + 1, step, p.bad_validations, p.ranks,
-                                         whole)
+                self.progress = replace(p, batch=b + 1, step=step, partial=whole)
                 return True
         sums.seconds += time.perf_counter() - started
-        self.progress = Progress(p.epoch, p.batch, step, p.bad_validations, p.ranks, sums)
+        self.progress = replace(p, step=step, partial=sums)
         return False
 
     def end_epoch(self) -> None:
@@ -143,10 +167,11 @@ class _Session:
         if comm.is_chief and (p.epoch % t.validate_every == 0 or p.epoch == t.epochs):
             metrics = self._validate()
             record["validation"] = metrics
-            best = self.run.best["metrics"][SELECTION_METRIC] if self.run.best else -1.0
+            best = -1.0 if p.best_metric is None else p.best_metric
             improved = metrics[SELECTION_METRIC] > best
             p.bad_validations = 0 if improved else p.bad_validations + 1
             if improved:
+                p.best_metric = metrics[SELECTION_METRIC]
                 self.run.save_best(self.trainer.model, p.epoch, p.step, metrics)
             stop = bool(t.patience and p.bad_validations >= t.patience)
         self.history.append(record)
@@ -179,14 +204,24 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
     """Train (or resume) a Mult-VAE on the dataset directory ``data`` into run directory ``out``.
 
     With ``resume`` the run's own stored settings are used, not ``settings``; ``extend_to``
-    raises its epoch count.
-    Returns the RunDir on the chief rank, None elsewhere. Raises VaecfError on bad input.
+    raises its epoch count. With ``force`` over an existing run, the new run is built under a
+    hidden name beside ``out`` and replaces the old one only once it has finished (complete or
+    early-stopped); until then, and if it is interrupted or fails, ``out`` keeps the old run.
+
+    Returns:
+        The RunDir on the chief rank (its ``status`` says how training ended), None elsewhere.
+    Raises:
+        VaecfError: bad input; :class:`Diverged` when the loss becomes non-finite (the run
+            keeps its last good checkpoint and best weights, status ``diverged``).
     """
     comm = comm or communicator()
     backend.configure_tensorflow()
+    check_apart(out, [data])
+    check_writable(log_json, "--log-json")
     dataset = Dataset.open(data)
     chief = comm.is_chief
     run: RunDir | None = None
+    target = out
     if resume:
         run = RunDir.open(out)
         run.check_dataset(dataset)
@@ -194,21 +229,24 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
         if extend_to is not None:
             settings = settings.model_copy(update={"train": settings.train.model_copy(
                 update={"epochs": extend_to})})
-    elif out.exists() and not force:
-        raise VaecfError(f"run directory {out} already exists (use --resume to continue it "
-                         "or --force to replace it)")
+    else:
+        check_target(out, force, "run directory", marker=RUN_JSON, kind="vaecf run directory")
+        if out.exists():   # --force: the old run stays until the new one is done
+            target = out.parent / f".{out.name}.tmp-{os.getpid()}"
     view = TrainView(settings.train.epochs, quiet or not chief)
     rows = backend.csr(dataset.train_rows_for_rank(comm.rank, comm.size))
     total_rows = int(round(comm.allreduce_sum(float(rows.shape[0]))))
     steps = steps_per_epoch(total_rows, comm.size, settings.train.batch_size)
     if not resume:
         settings = _resolve(settings, settings.train.epochs * steps)
-        run = RunDir.create(out, settings, dataset, force) if chief else None
+        run = RunDir.create(target, settings, dataset) if chief else None
         comm.barrier()
     t = settings.train
     trainer = Trainer(settings, dataset.n_items, comm, precision_policy(t.amp, backend))
     if resume:
         progress = run.load_checkpoint(trainer.model, trainer.optimizer)
+        if progress.best_metric is None and run.best and run.best["step"] <= progress.step:
+            progress.best_metric = run.best["metrics"][SELECTION_METRIC]   # older runs
     else:
         progress = run.progress if run else Progress()
     # A mid-epoch position counts batches of one rank layout: resume it with the same ranks.
@@ -221,7 +259,7 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
     comm.broadcast_variables(trainer.state_variables)
     # An early-stopped run stays stopped unless --epochs asks for more.
     stopped = resume and run.status == "early-stopped" and extend_to is None
-    log_file = open(log_json, "a", encoding="utf-8") if (log_json and chief) else None  # noqa: SIM115
+    log_file = _open_log(log_json, progress.epoch if resume else None) if chief else None
     session = _Session(settings, run if chief else None, trainer, rows, steps, backend, comm,
                        view, progress, "early-stopped" if stopped else "running",
                        dataset.heldout("validation") if chief else None, log_file)
@@ -234,16 +272,63 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
                 session.end_epoch()
         if session.status == "running":
             session.status = "complete"
+        if chief and target != out and session.status == "interrupted":
+            shutil.rmtree(target, ignore_errors=True)
+            log.info("interrupted: the new run was discarded; %s still holds the previous run",
+                     out)
+            return RunDir.open(out)
         if chief:
             session.save(session.status)
+            if target != out:
+                commit_directory(target, out)
+                run = RunDir.open(out)
             if session.status == "interrupted":
                 p = session.progress
                 log.info("interrupted: checkpoint saved at epoch %d, step %d; continue with "
                          "`vaecf train --data %s --out %s --resume`", p.epoch, p.step, data, out)
+    except Diverged as error:
+        if chief and target != out:
+            shutil.rmtree(target, ignore_errors=True)
+            kept = f"{out} still holds the previous run"
+        elif chief and run.meta["checkpoint"] is None and not resume:
+            shutil.rmtree(out, ignore_errors=True)   # no weights worth keeping
+            kept = f"nothing was saved (no checkpoint before step {error.step})"
+        else:
+            if chief:
+                run.set_status("diverged")
+            kept = f"{out} keeps its last checkpoint and best weights from before"
+        raise VaecfError(f"{error}; {kept}; try a lower --lr") from None
+    except BaseException:
+        if chief and target != out:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     finally:
         if log_file:
             log_file.close()
     return run if chief else None
+
+
+def _open_log(path: Path | None, resumed_at: int | None) -> IO[str] | None:
+    """The --log-json file, opened for appending. When resuming from the end of epoch
+    ``resumed_at``, records of later epochs (written before an interruption, replayed now) are
+    dropped first, so every epoch appears once."""
+    if path is None:
+        return None
+    if resumed_at is not None and path.is_file():
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if _epoch_of(line) is None or _epoch_of(line) <= resumed_at]
+        write_text(path, "".join(kept))
+    try:
+        return open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by train)
+    except OSError as error:
+        raise VaecfError(f"--log-json {path}: cannot write ({error.strerror})") from None
+
+
+def _epoch_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _epoch_record(epoch: int, step: int, beta: float, sums: EpochSums,
