@@ -8,7 +8,7 @@
 #       train --data /work/ds --gpus 8 --amp --out /work/run
 #
 # Not built on the development machines (they have no Docker engine); versions are pinned to
-# the combination DESIGN.md describes: TF 2.18 is the newest Horovod 0.28.1 compiles against,
+# the combination docs/design.md describes: TF 2.18 is the newest Horovod 0.28.1 compiles against,
 # and it is built for CUDA 12.5 / cuDNN 9, which the devel base image below matches so that
 # Horovod's CUDA/NCCL ops compile against the same toolkit.
 FROM nvidia/cuda:12.5.1-cudnn-devel-ubuntu22.04

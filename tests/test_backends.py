@@ -168,7 +168,7 @@ def test_make_batch_matches_scipy_normalisation(small):
 # --- metrics --------------------------------------------------------------------------------
 
 def _reference_metrics(scores, foldin, target, k):
-    """NDCG@k and Recall@k of every user with targets, by the definitions (DESIGN.md)."""
+    """NDCG@k and Recall@k of every user with targets, by the definitions (docs/design.md)."""
     ndcg, recall = [], []
     for u in range(scores.shape[0]):
         t = set(target[u].indices)

@@ -69,6 +69,12 @@ def test_export_is_atomic_and_refuses_an_existing_directory(runs, cli, tmp_path)
     result = cli("export", "--run", runs["int"], "--out", out)
     assert result.code == 2 and "already exists" in result.err
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces only an export: a directory of the user's own files is never deleted.
+    result = cli("export", "--run", runs["int"], "--out", out, "--force", "--quiet")
+    assert result.code == 2 and "not a vaecf export" in result.err
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
     assert cli("export", "--run", runs["int"], "--out", out, "--force", "--quiet").code == 0
-    assert not (out / "keep.txt").exists() and (out / "saved_model.pb").is_file()
+    assert cli("export", "--run", runs["int"], "--out", out, "--force", "--quiet").code == 0
+    assert (out / "saved_model.pb").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary left behind

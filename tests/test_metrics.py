@@ -1,4 +1,4 @@
-"""Ranking metrics against a plain NumPy/Python implementation of DESIGN.md's formulas."""
+"""Ranking metrics against a plain NumPy/Python implementation of docs/design.md's formulas."""
 
 from __future__ import annotations
 

@@ -64,8 +64,14 @@ def test_existing_output_refused_without_force(tmp_path, cli):
     result = cli("prepare", ML_SMALL, "--out", out, "-q")
     assert result.code == 2 and "already exists (use --force" in result.err
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces only a dataset: a directory of the user's own files is never deleted.
+    result = cli("prepare", ML_SMALL, "--out", out, "-q", "--force")
+    assert result.code == 2 and "not a vaecf dataset" in result.err
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
     assert cli("prepare", ML_SMALL, "--out", out, "-q", "--force").code == 0
-    assert not (out / "keep.txt").exists() and (out / "meta.json").exists()
+    assert cli("prepare", ML_SMALL, "--out", out, "-q", "--force").code == 0
+    assert (out / "meta.json").exists()
 
 
 def test_interrupt_leaves_nothing_behind(tmp_path, monkeypatch):

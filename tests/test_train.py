@@ -136,7 +136,7 @@ def test_bad_inputs_exit_2_with_one_line(small_dataset, tmp_path, trained, cli):
         return lines[0]
 
     assert "not a vaecf dataset" in one_line_error("train", "--data", tmp_path, "--out",
-                                                   tmp_path / "r", *quick)
+                                                   tmp_path.parent / "r", *quick)
     assert "already exists" in one_line_error("train", "--data", small_dataset, "--out", run.path,
                                               *quick)
     old = tmp_path / "old-format"
@@ -149,7 +149,7 @@ def test_bad_inputs_exit_2_with_one_line(small_dataset, tmp_path, trained, cli):
     shutil.copytree(small_dataset, other)
     (other / "meta.json").write_text(json.dumps({**meta, "note": "another dataset"}))
     assert "not the dataset" in one_line_error("train", "--data", other, "--out", run.path,
-                                               "--resume", *quick)
+                                               "--resume", "--backend", "cpu", "-q")
     assert "not a vaecf run" in one_line_error("test", "--run", tmp_path)
     assert "--k" in one_line_error("test", "--run", run.path, "--k", "10,x")
     assert not (tmp_path / "r").exists() and not (tmp_path / "r2").exists()

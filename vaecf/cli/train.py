@@ -102,8 +102,10 @@ def train(
     from vaecf.cli.tables import summary_table
     from vaecf.data.dataset import Dataset
     from vaecf.errors import VaecfError
+    from vaecf.model.rundir import RunDir
     from vaecf.progress import console
     from vaecf.settings import load_settings
+    from vaecf.training.distributed import under_launcher
     from vaecf.training.launch import enter_job
     from vaecf.training.loop import train as run_train
 
@@ -124,14 +126,19 @@ def train(
                         scale_lr=scale_lr and not resume,
                         before_launch=lambda: Dataset.open(data))
     if entered is None:   # this process only started the ranks, which re-ran this command
+        if RunDir.open(out).status == "interrupted":
+            raise typer.Exit(130)
         return
     settings, chosen = entered
     run = run_train(settings, data, out, chosen, resume=resume, force=force, quiet=quiet,
                     log_json=log_json, extend_to=epochs)
     if run is not None and not quiet:
         console.print(summary_table(run))
-    if run is not None and run.status == "interrupted":
-        raise typer.Exit(130)   # so `train && export` never exports a half-trained model
+    # 130 so `train && export` never exports a half-trained model; the ranks of a launched job
+    # exit 0 (the launcher would report any other code as a failed rank) and the launching
+    # process exits 130 instead.
+    if run is not None and run.status == "interrupted" and not under_launcher():
+        raise typer.Exit(130)
 
 
 # What --resume may change: how far to train and where the arrays live, nothing the model or

@@ -12,19 +12,19 @@ tested, served, benchmarked, exported or resumed, with no other input.
     ckpt-<step>.weights.npz   model weights at the last checkpoint (resume point)
     ckpt-<step>.optimizer.npz optimizer variables (Adam moments, iteration count, loss scale)
 
-``run.json`` keys: ``format``, ``version``, ``created`` (UTC ISO time), ``versions``
-(vaecf, tensorflow, keras), ``dataset`` (``path`` absolute, ``fingerprint`` = the dataset's
-sha256, ``n_items``, ``train_users``), ``model`` (MultVAE constructor arguments), ``status``
-(``running`` | ``interrupted`` | ``complete`` | ``early-stopped``), ``progress`` (``epoch``:
-epochs finished, ``batch``: batches finished in the current epoch, ``step``: optimizer steps,
-``bad_validations``: validations since the last improvement, ``partial``: loss sums of the
-unfinished epoch), ``checkpoint`` (``weights``, ``optimizer`` file names, or null before the
-first one), ``best`` (``epoch``, ``step``, ``metrics``, ``weights`` file name, or null) and
-``history`` (one dict per finished epoch: epoch, step, loss, nll, kl, beta, users_per_s,
-seconds, and ``validation`` metrics when computed) and ``files`` (file name -> sha256 of
-settings.json, items.parquet and every weight file run.json names; absent in runs written
-before checksums were recorded). Opening a run verifies settings.json and items.parquet;
-loading weights verifies their file first.
+``run.json`` keys: ``format``, ``version``, ``created`` (UTC ISO time), ``versions`` (vaecf,
+tensorflow, keras), ``dataset`` (``path`` absolute, ``fingerprint`` = the dataset's sha256,
+``n_items``, ``train_users``), ``model`` (MultVAE constructor arguments), ``status``
+(``running`` | ``interrupted`` | ``complete`` | ``early-stopped`` | ``diverged``), ``progress``
+(``epoch``: epochs finished, ``batch``: batches finished in the current epoch, ``step``:
+optimizer steps, ``bad_validations``: validations since the last improvement, ``partial``: loss
+sums of the unfinished epoch), ``checkpoint`` (``weights``, ``optimizer`` file names, or null
+before the first one), ``best`` (``epoch``, ``step``, ``metrics``, ``weights`` file name, or
+null) and ``history`` (one dict per finished epoch: epoch, step, loss, nll, kl, beta,
+users_per_s, seconds, and ``validation`` metrics when computed) and ``files`` (file name ->
+sha256 of settings.json, items.parquet and every weight file run.json names; absent in runs
+written before checksums were recorded). Opening a run verifies settings.json and
+items.parquet; loading weights verifies their file first.
 
 Weight files are NumPy ``.npz`` archives holding arrays ``v000``, ``v001``, ... in the order of
 ``model.weights`` (resp. ``optimizer.variables``) plus ``names`` (their variable paths), so they

@@ -5,7 +5,7 @@ The training loop only ever calls :func:`communicator` and the methods of :class
 only when running under a Horovod launcher) averages gradients with a float32 grouped
 allreduce. Horovod's Keras integration, ``DistributedGradientTape`` and
 ``DistributedOptimizer`` are not used: with Keras 3 they fail or silently never average
-(measured; see DESIGN.md).
+(measured; see docs/design.md, "Data-parallel training with Horovod").
 """
 
 from __future__ import annotations

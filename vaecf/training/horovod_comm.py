@@ -1,11 +1,11 @@
 """The Horovod implementation of :class:`vaecf.training.distributed.Comm` (data-parallel training).
 
-Imported only under a Horovod launcher (``horovodrun``, ``mpirun``, or ``vaecf train --np/--gpus``
-which calls ``horovodrun`` itself). Only Horovod's core TensorFlow ops are used: with Keras 3,
-``hvd.keras``, ``DistributedGradientTape`` and ``DistributedOptimizer`` fail or silently never
-average (measured; see DESIGN.md), so gradients are averaged here with one float32
-``grouped_allreduce`` per step and variables are broadcast one tensor at a time.
-"""
+Imported only under a Horovod launcher (``horovodrun``, ``mpirun``, or ``vaecf train
+--np/--gpus`` which calls ``horovodrun`` itself). Only Horovod's core TensorFlow ops are used:
+with Keras 3, ``hvd.keras``, ``DistributedGradientTape`` and ``DistributedOptimizer`` fail or
+silently never average (measured; see docs/design.md, "Data-parallel training with Horovod"),
+so gradients are averaged here with one float32 ``grouped_allreduce`` per step and variables
+are broadcast one tensor at a time. """
 
 from __future__ import annotations
 

@@ -276,7 +276,7 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
             shutil.rmtree(target, ignore_errors=True)
             log.info("interrupted: the new run was discarded; %s still holds the previous run",
                      out)
-            return RunDir.open(out)
+            raise KeyboardInterrupt   # the CLI exits 130, as for any interrupted command
         if chief:
             session.save(session.status)
             if target != out:
