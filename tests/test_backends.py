@@ -228,8 +228,10 @@ BAD_INPUTS = {
                            "column 'rating' row 181: rating 'great' is not a number"),
     "missing id": (HEADER + GOOD + ",9,4\n", None, "column 'userId' row 181: missing id"),
     "blank string id": (HEADER + GOOD + 'u1," ",4\n', None, "column 'movieId' row 181: empty id"),
-    "non-integer id": (HEADER + GOOD + "3,1.5,4\n", None,
-                       "column 'movieId' row 181: id 1.5 is not an integer"),
+    # A CSV id "1.5" is the string "1.5" (the id rule); a non-finite rating is an error.
+    "non-finite rating": (HEADER + GOOD + "3,1,inf\n", "rating",
+                          "column 'rating' row 181: rating inf is not a finite number"),
+    "binary junk": ("\x00\x01junk\n" * 20, None, "not a text file"),
     "header only": (HEADER, None, "the file has no rows"),
     "empty file": ("", None, "the file is empty"),
 }

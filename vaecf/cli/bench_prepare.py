@@ -30,7 +30,11 @@ def bench_prepare(
 
     from vaecf.atomic import check_writable, write_text
     from vaecf.bench.prepare import run
+    from vaecf.errors import VaecfError
     from vaecf.progress import console
+
+    if rows < 1:
+        raise VaecfError(f"--rows must be at least 1, got {rows:,}")
 
     check_writable(json_out, "--json")
     result = run(workdir, rows, backend)

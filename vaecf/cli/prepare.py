@@ -31,8 +31,7 @@ def prepare(
         typer.Argument(help="Input files or globs: CSV/TSV/any separator (.gz too) or Parquet.",
                        show_default=False),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write.",
-                                      file_okay=False)] = ...,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write.")] = ...,
     example: Annotated[
         str | None,
         typer.Option("--example", help="Use a bundled dataset instead of FILES: "
@@ -118,7 +117,24 @@ def prepare(
     cfg = load_settings(config, prepare=flags).prepare
     quiet_logging(quiet)
     chosen = select_backend(cfg.backend)
-    meta = run_prepare(files, out, cfg, chosen, force=force, quiet=quiet, dask=dask,
-                       scheduler=scheduler)
+    try:
+        meta = run_prepare(files, out, cfg, chosen, force=force, quiet=quiet, dask=dask,
+                           scheduler=scheduler)
+    except KeyboardInterrupt:
+        _interrupted(out)
     if not quiet:
         console.print(dataset_table(meta, out))
+
+
+def _interrupted(out: Path) -> None:
+    """Ctrl-C: one line saying what is on disk (the write is atomic), then exit code 130."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from vaecf.data.readers import printable
+
+    state = ("holds a complete dataset (the previous one unless the new one was finished: "
+             "datasets are written atomically)" if out.is_dir() else "was not written")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        Text.assemble(("error: ", "bold red"), f"interrupted; {printable(out)} {state}"))
+    raise SystemExit(130)

@@ -23,13 +23,20 @@ import numpy as np
 import pyarrow as pa
 
 from vaecf.data.readers import (
-    PARQUET_SUFFIXES,
+    _INT64_MAX,
+    _INT64_MIN,
+    CANONICAL_INTEGER,
     UNIT_SEPARATOR,
     ColumnSpec,
     Encoded,
+    _csv_names,
+    _reason,
+    check_text,
     guess_sep,
+    is_parquet,
+    printable,
     resolve_column,
-    strip_gz,
+    shown,
 )
 from vaecf.errors import VaecfError
 
@@ -58,7 +65,14 @@ def _value(column: Series, row: int) -> Any:
 
 
 def _read_csv(frames: ModuleType, path: Path, spec: ColumnSpec) -> Frame:
+    check_text(path)
     sep = spec.sep or guess_sep(path)
+    names = _csv_names(path, sep, spec.header)
+    # The id columns are read as text, so the id rule sees them as written ("004" stays).
+    ids = {resolve_column(col, names, path, spec.header, role)
+           for role, col in (("user", spec.user), ("item", spec.item))}
+    dtype = {name if spec.header else names.index(name): "str" for name in ids}
+    shown_sep = shown(sep)
     source: Any = str(path)
     compression = "gzip" if path.name.lower().endswith(".gz") else None
     if len(sep) > 1:
@@ -70,45 +84,67 @@ def _read_csv(frames: ModuleType, path: Path, spec: ColumnSpec) -> Frame:
     try:
         # Only empty fields are missing: "NA" or "null" are valid string ids, as in pyarrow.
         return frames.read_csv(source, sep=sep, header=0 if spec.header else None,
-                               compression=compression, keep_default_na=False, na_values=[""])
+                               compression=compression, keep_default_na=False, na_values=[""],
+                               dtype=dtype)
     except Exception as error:  # pandas' EmptyDataError/ParserError, cuDF's RuntimeError
-        message = (str(error).splitlines() or [type(error).__name__])[0]
+        message = _reason(error)
         if "No columns to parse" in message or "empty" in message.lower():
-            raise VaecfError(f"{path}: the file is empty") from None
-        raise VaecfError(f"{path}: cannot parse as CSV with separator {sep!r}: {message}"
-                         ) from None
+            raise VaecfError(f"{printable(path)}: the file is empty") from None
+        raise VaecfError(f"{printable(path)}: cannot parse as CSV with separator {shown_sep}: "
+                         f"{message}") from None
 
 
 def _read_table(frames: ModuleType, path: Path, spec: ColumnSpec) -> Frame:
-    if strip_gz(path).endswith(PARQUET_SUFFIXES):
+    if is_parquet(path):
         try:
             return frames.read_parquet(str(path))
         except Exception as error:
-            raise VaecfError(f"{path}: cannot read as Parquet: {error}") from None
+            raise VaecfError(f"{printable(path)}: cannot read as Parquet: {_reason(error)}"
+                             ) from None
     return _read_csv(frames, path, spec)
 
 
-def check_ids(column: Series, path: Path, name: str) -> Series:
-    """Ids present and non-empty; integers (or integral floats) -> int64, else strings."""
+def check_ids(column: Series, path: Path, name: str, typed: bool = False) -> Series:
+    """Ids present and non-empty; as :func:`vaecf.data.readers._check_ids`: integers -> int64
+    (unsigned ones beyond int64 -> strings), integral floats -> int64, CSV text by the id rule,
+    ``typed`` (Parquet) text stays text."""
+    where = f"{printable(path)}: column {shown(name)}"
     missing = column.isna()
     if missing.any():
-        raise VaecfError(f"{path}: column {name!r} row {_first_true(missing)}: missing id")
+        raise VaecfError(f"{where} row {_first_true(missing)}: missing id")
     kind = np.dtype(column.dtype).kind if _is_numpy_dtype(column.dtype) else "O"
     if kind in "iu":
+        if kind == "u" and len(column) and int(column.max()) > int(_INT64_MAX):
+            return column.astype("str")
         return column.astype("int64")
     if kind == "f":
-        as_int = column.astype("int64")
-        bad = as_int.astype(column.dtype) != column
-        if bad.any():
-            row = _first_true(bad)
+        values = column.astype("float64")
+        integral = (values >= -(2.0 ** 63)) & (values < 2.0 ** 63) & (values == values.round())
+        if not integral.all():
+            row = _first_true(~integral)
             value = _value(column, row)
-            raise VaecfError(f"{path}: column {name!r} row {row}: id {value!r} is not an integer")
-        return as_int
+            raise VaecfError(f"{where} row {row}: id {shown(value)} is not an integer")
+        return values.astype("int64")
     strings = column.astype("str")
     empty = strings.str.strip() == ""
     if empty.any():
-        raise VaecfError(f"{path}: column {name!r} row {_first_true(empty)}: empty id")
-    return strings
+        raise VaecfError(f"{where} row {_first_true(empty)}: empty id")
+    return strings if typed else ids_from_text(strings)
+
+
+def ids_from_text(strings: Series) -> Series:
+    """The id rule (see :func:`vaecf.data.readers.ids_from_text`): int64 when every value is a
+    canonical integer within int64, else the strings unchanged."""
+    if not len(strings):
+        return strings
+    length = strings.str.len()
+    negative = strings.str.startswith("-")
+    canonical = (strings.str.contains(CANONICAL_INTEGER, regex=True)
+                 # Python's "$" also matches before a final newline; RE2's does not.
+                 & ~strings.str.contains("\n", regex=False)
+                 & ~((length == 19) & ~negative & (strings > _INT64_MAX))
+                 & ~((length == 20) & negative & (strings > _INT64_MIN)))
+    return strings.astype("int64") if canonical.all() else strings
 
 
 def _is_numpy_dtype(dtype: Any) -> bool:
@@ -119,21 +155,28 @@ def _is_numpy_dtype(dtype: Any) -> bool:
 
 
 def check_ratings(frames: ModuleType, column: Series, path: Path, name: str) -> Series:
-    """Ratings must be numbers (float64 out); the first offending row is named."""
+    """Ratings must be finite numbers (float64 out); the first offending row is named."""
     if _is_numpy_dtype(column.dtype) and np.dtype(column.dtype).kind in "iuf":
         missing = column.isna()
         if missing.any():
-            raise VaecfError(f"{path}: column {name!r} row {_first_true(missing)}: "
-                             "missing rating")
-        return column.astype("float64")
-    strings = column.astype("str").str.strip()
-    numbers = frames.to_numeric(strings, errors="coerce")
-    bad = numbers.isna()
-    if bad.any():
+            raise VaecfError(f"{printable(path)}: column {shown(name)} row "
+                             f"{_first_true(missing)}: missing rating")
+        numbers = column.astype("float64")
+    else:
+        strings = column.astype("str").str.strip()
+        numbers = frames.to_numeric(strings, errors="coerce")
+        bad = numbers.isna()
+        if bad.any():
+            row = _first_true(bad)
+            raise VaecfError(f"{printable(path)}: column {shown(name)} row {row}: rating "
+                             f"{shown(_value(column, row))} is not a number")
+        numbers = numbers.astype("float64")
+    bad = (numbers != numbers) | (numbers.abs() == np.inf)
+    if bad.any():  # "inf" (or "nan") written in the file
         row = _first_true(bad)
-        raise VaecfError(f"{path}: column {name!r} row {row}: rating "
-                         f"{_value(column, row)!r} is not a number")
-    return numbers.astype("float64")
+        raise VaecfError(f"{printable(path)}: column {shown(name)} row {row}: rating "
+                         f"{shown(_value(numbers, row))} is not a finite number")
+    return numbers
 
 
 def read_file(frames: ModuleType, path: Path, spec: ColumnSpec,
@@ -146,12 +189,13 @@ def read_file(frames: ModuleType, path: Path, spec: ColumnSpec,
     """
     table = _read_table(frames, path, spec)
     if len(table) == 0:
-        raise VaecfError(f"{path}: the file has no rows")
+        raise VaecfError(f"{printable(path)}: the file has no rows")
     names = list(table.columns)
     user = resolve_column(spec.user, names, path, spec.header, "user")
     item = resolve_column(spec.item, names, path, spec.header, "item")
-    out = frames.DataFrame({"user": check_ids(table[user], path, str(user)),
-                            "item": check_ids(table[item], path, str(item))})
+    typed = is_parquet(path)
+    out = frames.DataFrame({"user": check_ids(table[user], path, str(user), typed),
+                            "item": check_ids(table[item], path, str(item), typed)})
     if spec.rating:
         rating = resolve_column(spec.rating, names, path, spec.header, "rating")
         ratings = check_ratings(frames, table[rating], path, str(rating))

@@ -6,6 +6,8 @@ matrices with the array backend's ``xp`` only, then write atomically.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from vaecf.data.readers import (
     encode,
     expand_inputs,
     int64_arrow,
+    printable,
     read_inputs,
     sha256_of,
     string_arrow,
@@ -234,6 +237,33 @@ def encode_inputs(paths: list[Path], spec: ColumnSpec, min_rating: float | None,
     return encode(read_inputs(paths, spec), min_rating)
 
 
+def check_out(out: Path) -> None:
+    """Refuse, before any work, an ``--out`` that cannot be created: one that is a file, or
+    whose nearest existing ancestor is not a directory we can create entries in (tried with a
+    probe directory, removed at once, since permission bits do not tell for root or /proc)."""
+    if out.exists() and not out.is_dir():
+        raise VaecfError(f"--out {printable(out)} exists and is not a directory")
+    ancestor = Path(os.path.abspath(out)).parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    where = f"cannot create --out {printable(out)}"
+    if not ancestor.is_dir():
+        raise VaecfError(f"{where}: {printable(ancestor)} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".vaecf-probe-", dir=ancestor))
+    except OSError as error:
+        raise VaecfError(f"{where}: cannot write in {printable(ancestor)} "
+                         f"({error.strerror or error})") from None
+
+
+def check_shards(shards: int, train_users: int) -> None:
+    """Every training shard needs at least one user."""
+    if shards > train_users:
+        raise VaecfError(f"--shards {shards:,} is more than the {train_users:,} training users "
+                         f"(each shard needs at least one); use --shards {train_users:,} or "
+                         "fewer")
+
+
 def prepare(
     inputs: list[str], out: Path, cfg: PrepareSettings, backend: Backend,
     force: bool = False, quiet: bool = False, dask: bool = False, scheduler: str | None = None,
@@ -249,6 +279,7 @@ def prepare(
     paths = expand_inputs(inputs)
     check_apart(out, paths)
     check_target(out, force, marker="meta.json", kind="vaecf dataset")
+    check_out(out)
     spec = ColumnSpec(cfg.user_col, cfg.item_col, cfg.rating_col, cfg.sep, cfg.header)
     if cfg.min_rating is not None and cfg.rating_col is None:
         raise VaecfError("--min-rating needs --rating-col")
@@ -264,6 +295,12 @@ def prepare(
             enc = encode_inputs(paths, spec, cfg.min_rating, backend, reader, scheduler)
         with steps.step(f"filtering and splitting ({backend.name})"):
             splits = split_interactions(backend, enc, cfg)
-        with steps.step("writing dataset"), atomic_directory(out, force) as tmp:
-            meta = write_dataset(tmp, splits, enc, backend, cfg, sources)
+        check_shards(cfg.shards, int(splits.train.shape[0]))
+        try:
+            with steps.step("writing dataset"), atomic_directory(out, force) as tmp:
+                meta = write_dataset(tmp, splits, enc, backend, cfg, sources)
+        except OSError as error:  # disk full, quota, a directory removed under us
+            raise VaecfError(f"cannot write dataset {printable(out)}: "
+                             f"{printable(error.strerror or error)}; nothing was written"
+                             ) from None
     return meta

@@ -16,17 +16,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse
 
-from vaecf.data.readers import ColumnSpec, read_file
+from vaecf.data.readers import ColumnSpec, canonical_integers, printable, read_file
 from vaecf.errors import VaecfError
-
-_INTEGER = r"^\s*[-+]?\d+\s*$"
 
 
 def coerce_ids(values: pa.Array | pa.ChunkedArray, id_type: pa.DataType) -> pa.Array:
     """Original ids in the type of the run's item ids; values that cannot be one become null.
 
-    An int64 model accepts "42" (and " 42 "), a string model accepts 42 as "42", so a request
-    file whose column was read as the other type still maps.
+    The id rule of ``prepare`` (docs/data-reliability.md) decides: ids are equal only when
+    written the same. An int64 model accepts a string only when it is a canonical integer
+    ("42"; not "042", "+42", "42.0" or " 42 "); a string model accepts the int 42 as "42"
+    (an int was written canonically, so that is how it was written).
 
     Args:
         values: ids, shape (n,), int64 or string.
@@ -39,9 +39,9 @@ def coerce_ids(values: pa.Array | pa.ChunkedArray, id_type: pa.DataType) -> pa.A
     if values.type == id_type:
         return values
     if pa.types.is_integer(id_type):
-        strings = pc.utf8_trim_whitespace(values.cast(pa.string()))
-        integral = pc.match_substring_regex(strings, _INTEGER)
-        # Non-integers become null first so the cast never fails.
+        strings = values.cast(pa.string())
+        # Anything else becomes null first (also ids beyond int64), so the cast never fails.
+        integral = canonical_integers(strings)
         return pc.if_else(integral, strings, pa.scalar(None, pa.string())).cast(id_type)
     return values.cast(pa.string())
 
@@ -109,6 +109,9 @@ def _unknown(values: pa.Array, columns: np.ndarray) -> list[str]:
 def request_from_items(text: str, item_map: ItemMap) -> Request:
     """One user from ``--user-items`` "ID,ID,...".
 
+    Spaces around a comma belong to the separator ("1, 50" is "1" and "50"); each token is
+    then an id exactly as written, matched by :func:`coerce_ids`.
+
     Raises:
         VaecfError: no ids given, or none of them is an item the model knows.
     """
@@ -157,7 +160,7 @@ def request_from_file(path: Path, item_map: ItemMap, spec: ColumnSpec) -> Reques
 
 def _preview(values: list[Any], limit: int = 5) -> str:
     """"a, b, c and 7 more"."""
-    shown = ", ".join(str(v) for v in values[:limit])
+    shown = ", ".join(printable(v, 60) for v in values[:limit])
     return shown + (f" and {len(values) - limit:,} more" if len(values) > limit else "")
 
 
