@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -40,6 +41,7 @@ def main() -> None:
     # TensorFlow's C++ INFO lines (CPU feature notices) are noise on every command; warnings and
     # errors still show. A user's own setting wins.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # see vaecf/cli/__init__.py
     install_logging()
     try:
         code = app(standalone_mode=False, prog_name="vaecf")
