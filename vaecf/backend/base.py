@@ -66,3 +66,7 @@ class Backend:
     def amp_policy(self) -> str:
         """The Keras dtype policy ``--amp`` means on this device (see docs/design.md)."""
         raise NotImplementedError
+
+    def available_memory(self) -> int:
+        """Bytes a new array on this backend's device may take now (for size checks)."""
+        raise NotImplementedError

@@ -61,6 +61,20 @@ class CpuBackend(Backend):
         with contextlib.suppress(RuntimeError):   # devices already initialised: leave them
             tf.config.set_visible_devices([], "GPU")
 
+    def available_memory(self) -> int:
+        """MemAvailable of the host (psutil when installed, else /proc/meminfo)."""
+        import contextlib
+        from pathlib import Path
+
+        with contextlib.suppress(ImportError):
+            import psutil
+
+            return int(psutil.virtual_memory().available)
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+        raise OSError("cannot tell the available memory (no psutil, no /proc/meminfo)")
+
     def amp_policy(self) -> str:
         """bfloat16 where the CPU executes it natively, float32 (said once) elsewhere."""
         if cpu_has_bf16():

@@ -78,6 +78,12 @@ class GpuBackend(Backend):
             with contextlib.suppress(RuntimeError, ValueError):
                 tf.config.experimental.set_memory_growth(device, True)
 
+    def available_memory(self) -> int:
+        """Free memory of the current CUDA device plus what CuPy's pool holds unused."""
+        free, _ = self.xp.cuda.runtime.memGetInfo()
+        pool = self.xp.get_default_memory_pool()
+        return int(free) + int(pool.free_bytes())
+
     def amp_policy(self) -> str:
         """float16 compute with dynamic loss scaling (the trainer wraps the optimizer)."""
         return "mixed_float16"

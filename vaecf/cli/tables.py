@@ -34,6 +34,22 @@ def dataset_table(meta: dict[str, Any], path: Path) -> Table:
     return table
 
 
+def stop_reason(run: Any) -> str:
+    """Why training ended, in a few words, from the run's status and settings."""
+    t = run.settings.train
+    if run.status == "early-stopped":
+        return (f"no better validation {SELECTION_METRIC} in {t.patience} validations "
+                f"(patience), epoch {len(run.history)} of {t.epochs}")
+    if run.status == "complete":
+        last = run.history[-1]["epoch"] if run.history else 0
+        if run.best and run.best["epoch"] >= last - t.validate_every:
+            return f"reached the last epoch ({t.epochs}) still improving: try more --epochs"
+        return f"reached the last epoch ({t.epochs})"
+    if run.status == "interrupted":
+        return f"interrupted at epoch {run.progress.epoch} (resume with --resume)"
+    return run.status
+
+
 def summary_table(run: Any) -> Table:
     """Best validation metrics, epochs, time and status of a run directory."""
     history, best = run.history, run.best
@@ -48,6 +64,7 @@ def summary_table(run: Any) -> Table:
         speed = sum(r["users_per_s"] for r in history) / len(history)
         rows += [("last loss (nll + β·KL)", f"{last['loss']:.3f}"),
                  ("last β", f"{last['beta']:.3f}"), ("mean users/s", f"{speed:,.0f}")]
+    rows.append(("stopped because", stop_reason(run)))
     if best:
         rows.append((f"best epoch (by validation {SELECTION_METRIC})", f"{best['epoch']}"))
         rows += [(f"validation {name}", f"{value:.4f}")

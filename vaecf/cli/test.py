@@ -10,7 +10,8 @@ import typer
 from vaecf.cli.common import BackendOption, ConfigOption, app, summary
 
 HELP = """Rank the held-out users' items with a run's best weights and print NDCG@k and
-Recall@k, beside a popularity baseline on the same users (fold-in items excluded).
+Recall@k, beside the popularity and EASE baselines on the same users (fold-in items
+excluded; EASE's λ is chosen on the validation users).
 
 Example: [bold]vaecf test --run runs/ml1m[/]"""
 
@@ -26,6 +27,10 @@ def test(
         help="Held-out users to score.")] = "test",
     k: Annotated[str | None, typer.Option(
         "--k", help="Comma-separated cut-offs.", show_default="20,50,100")] = None,
+    baselines: Annotated[str, typer.Option(
+        help="Comma-separated baselines to score beside the model: popularity, ease "
+        "(empty: none). EASE is skipped, with one line, when its items × items matrices "
+        "would not fit in memory.")] = "popularity,ease",
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Also write the metrics to this JSON file.", dir_okay=False)] = None,
     backend: BackendOption = None,
@@ -53,15 +58,20 @@ def test(
     loaded = load_settings(config, train=dict(backend=backend), evaluate=dict(ks=ks))
     settings = loaded.evaluate
     chosen = select_backend(loaded.train.backend)
-    result = evaluate_run(run, data, split, settings.ks, chosen, settings.batch_size)
+    names = tuple(part.strip() for part in baselines.split(",") if part.strip())
+    result = evaluate_run(run, data, split, settings.ks, chosen, settings.batch_size, names)
     table = Table(title=f"{result['split']} users of {result['data']}  "
                         f"({result['users']:,} users, best epoch {result['best_epoch']})")
     table.add_column("metric")
     table.add_column("Mult-VAE", justify="right")
-    table.add_column("popularity", justify="right")
+    columns = ["model", *(name for name in ("popularity", "ease") if name in result)]
+    for column in columns[1:]:
+        title = {"popularity": "popularity",
+                 "ease": f"EASE (λ {result.get('ease_lambda', 0):g})"}[column]
+        table.add_column(title, justify="right")
     for name in metric_names(settings.ks):
         table.add_row(name.replace("ndcg", "NDCG").replace("recall", "Recall"),
-                      f"{result['model'][name]:.4f}", f"{result['popularity'][name]:.4f}")
+                      *(f"{result[column][name]:.4f}" for column in columns))
     Console().print(table)   # the result goes to stdout, progress to stderr
     if json_out is not None:
         write_text(json_out, json.dumps(result, indent=2) + "\n")

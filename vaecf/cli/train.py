@@ -42,8 +42,14 @@ def train(
     anneal_cap: Annotated[float | None, typer.Option(
         help="Largest KL weight β.", show_default=default_of("train", "anneal_cap"))] = None,
     anneal_steps: Annotated[int | None, typer.Option(
-        help="β = min(step / anneal_steps, cap). Default: β reaches the cap halfway "
-        "through training.", show_default=default_of("train", "anneal_steps", none="auto"))] = None,
+        help="β = min(step / anneal_steps, cap). Default: from --anneal-fraction.",
+        show_default=default_of("train", "anneal_steps", none="auto"))] = None,
+    anneal_fraction: Annotated[float | None, typer.Option(
+        help="Without --anneal-steps: β reaches the cap after this share of all training "
+        "steps.", show_default=default_of("train", "anneal_fraction"))] = None,
+    noise_std: Annotated[float | None, typer.Option(
+        help="Std of the reparameterisation noise ε (z = mu + ε·σ) while training "
+        "(the paper: 1).", show_default=default_of("model", "noise_std"))] = None,
     dropout: Annotated[float | None, typer.Option(
         help="Input dropout probability.", show_default=default_of("model", "dropout"))] = None,
     hidden: Annotated[int | None, typer.Option(
@@ -113,9 +119,11 @@ def train(
     if resume and force:
         raise VaecfError("give either --resume or --force, not both")
 
-    model_flags = dict(hidden=hidden, latent=latent, dropout=dropout, activation=activation)
+    model_flags = dict(hidden=hidden, latent=latent, dropout=dropout, activation=activation,
+                       noise_std=noise_std)
     train_flags = dict(epochs=epochs, batch_size=batch_size, lr=lr, anneal_cap=anneal_cap,
-                       anneal_steps=anneal_steps, validate_every=validate_every,
+                       anneal_steps=anneal_steps, anneal_fraction=anneal_fraction,
+                       validate_every=validate_every,
                        patience=patience, checkpoint_every=checkpoint_every, seed=seed,
                        amp=amp, xla=xla, backend=backend)
     settings = load_settings(config, model=model_flags, train=train_flags)

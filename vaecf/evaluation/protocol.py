@@ -13,6 +13,7 @@ from typing import Any
 
 from vaecf.backend import Backend
 from vaecf.evaluation import metrics
+from vaecf.evaluation.baselines import BASELINES, popularity_scorer  # noqa: F401 (re-export)
 from vaecf.model.batches import Batch, make_batch
 
 Scorer = Callable[[Any, Any], Any]   # (backend CSR fold-in rows (B, I), Batch) -> scores (B, I)
@@ -35,16 +36,6 @@ def model_scorer(model: Any, backend: Backend) -> Scorer:
         out = logits(to_tf(batch.indices), to_tf(batch.values), tf.constant(batch.size,
                                                                              tf.int64))
         return to_xp(out)
-
-    return score
-
-
-def popularity_scorer(backend: Backend, train: Any) -> Scorer:
-    """Scores = each item's number of training interactions, the same for every user."""
-    popularity = metrics.popularity_scores(backend.xp, backend.csr(train))
-
-    def score(rows: Any, batch: Batch) -> Any:
-        return backend.xp.tile(popularity, (batch.size, 1))
 
     return score
 
@@ -78,20 +69,24 @@ def evaluate(score: Scorer, backend: Backend, foldin: Any, targets: Any,
 
 
 def evaluate_run(run_path: Any, data: Any, split: str, ks: list[int], backend: Backend,
-                 batch_size: int = 2048) -> dict[str, Any]:
-    """Test a run directory's best weights and the popularity baseline on one held-out split.
+                 batch_size: int = 2048,
+                 baselines: tuple[str, ...] = BASELINES) -> dict[str, Any]:
+    """Test a run directory's best weights and the baselines on one held-out split.
 
     Args:
         run_path: the run directory.
         data: the dataset directory; None uses the one recorded in the run.
         split: ``"test"`` or ``"validation"``.
+        baselines: which of ``popularity``, ``ease`` to score beside the model.
 
     Returns:
         ``{"run", "data", "split", "users", "best_epoch", "model": {metric: value},
-        "popularity": {metric: value}}``.
+        "popularity": {metric: value}, "ease": {metric: value}, "ease_lambda", ...,
+        "skipped": {baseline: reason}}`` (see :func:`vaecf.evaluation.baselines.run_baselines`).
     """
     from vaecf.data.dataset import Dataset
     from vaecf.errors import VaecfError
+    from vaecf.evaluation.baselines import run_baselines
     from vaecf.model.rundir import RunDir
 
     run = RunDir.open(run_path)
@@ -102,9 +97,7 @@ def evaluate_run(run_path: Any, data: Any, split: str, ks: list[int], backend: B
     foldin, targets = dataset.heldout(split)
     model = evaluate(model_scorer(run.load_model(), backend), backend, foldin, targets, ks,
                      batch_size)
-    popular = evaluate(popularity_scorer(backend, dataset.train_matrix()), backend, foldin,
-                       targets, ks, batch_size)
     users = model.pop("users")
-    popular.pop("users")
     return {"run": str(run.path), "data": str(dataset.path), "split": split, "users": users,
-            "best_epoch": (run.best or {}).get("epoch"), "model": model, "popularity": popular}
+            "best_epoch": (run.best or {}).get("epoch"), "model": model,
+            **run_baselines(dataset, split, ks, backend, baselines, batch_size)}

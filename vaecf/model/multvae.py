@@ -7,7 +7,7 @@ Shapes: ``B`` users in a batch, ``I`` items, ``H`` hidden units, ``L`` latent di
   product costing 2·nnz·H FLOPs instead of 2·B·I·H) or a dense (B, I) tensor (what serving and
   exported models may feed).
 - Training: dropout on the input's non-zeros, encoder I→H (activation)→2L split into (mu,
-  logvar), z = mu + eps·exp(logvar/2), decoder L→H (activation)→I.
+  logvar), z = mu + noise_std·eps·exp(logvar/2) with eps ~ N(0, I), decoder L→H (activation)→I.
 - Evaluation (``model(x)``, ``training=False``): no dropout, z = mu.
 - Logits are float32 whatever the dtype policy: under ``mixed_bfloat16``/``mixed_float16`` the
   matmuls run in the low-precision compute dtype and the (B, I) logits are cast back, so the
@@ -85,12 +85,15 @@ class MultVAE(keras.Model):
         seed: seed of the weight initialisers (a different stream per layer).
         dtype: Keras dtype policy, e.g. ``"mixed_bfloat16"``; None uses the global policy.
         xla: build the sparse first layer from ops XLA can compile (for ``jit_compile``).
+        noise_std: std of ε in z = mu + ε·exp(logvar/2) while training (training only).
     """
 
     def __init__(self, n_items: int, hidden: int = 600, latent: int = 200,
                  dropout: float = 0.5, activation: str = "tanh", seed: int = 0,
-                 dtype: str | None = None, xla: bool = False, **kwargs) -> None:
+                 dtype: str | None = None, xla: bool = False, noise_std: float = 1.0,
+                 **kwargs) -> None:
         super().__init__(dtype=dtype, **kwargs)
+        self.noise_std = noise_std
         self.n_items, self.hidden, self.latent = n_items, hidden, latent
         self.dropout, self.activation = dropout, activation
         # False makes training deterministic (z = mu), with dropout 0: the data-parallel
@@ -133,7 +136,7 @@ class MultVAE(keras.Model):
         if training and self.sample_latent:
             noise_seed = tf.random.experimental.stateless_fold_in(seed, 1)
             eps = tf.random.stateless_normal(tf.shape(mu), noise_seed)
-            z = mu + eps * tf.exp(0.5 * logvar)
+            z = mu + (self.noise_std * eps) * tf.exp(0.5 * logvar)
         return self.decode(z), mu, logvar
 
     def call(self, x, training: bool = False):

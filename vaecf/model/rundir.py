@@ -51,7 +51,7 @@ from vaecf.atomic import atomic_directory, clean_stale_files, recover, replace_f
 from vaecf.errors import VaecfError
 from vaecf.formats import file_sha256, read_header, read_parquet_column, verify_files
 from vaecf.model.progress import Progress
-from vaecf.settings import Settings
+from vaecf.settings import LEGACY_VALUES, Settings
 
 FORMAT = "vaecf-run"
 VERSION = 1
@@ -184,6 +184,8 @@ class RunDir:
     def settings(self) -> Settings:
         """The resolved settings the run was trained with (not re-read from env or files)."""
         data = json.loads((self.path / "settings.json").read_text(encoding="utf-8"))
+        for section, values in LEGACY_VALUES.items():
+            data[section] = {**values, **data.get(section, {})}
         return Settings.model_validate(data)
 
     @cached_property

@@ -10,8 +10,10 @@ checkpoint by validation NDCG@100) except ``anneal_steps``: the paper's 200,000 
 β = 0.2 after 40,000 steps, which is 86% of 200 epochs on MovieLens-20M but never happens on
 smaller data (ML-1M has ~2,000 steps in 200 epochs). The default instead makes β reach the cap
 halfway through training, whatever the dataset size:
-``anneal_steps = ceil(epochs · steps_per_epoch · ANNEAL_FRACTION / anneal_cap)``; the resolved
-value is stored in the run's settings.json.
+``anneal_steps = ceil(epochs · steps_per_epoch · anneal_fraction / anneal_cap)`` (the
+``train.anneal_fraction`` setting, 0.5 by default); the resolved value is stored in the run's
+settings.json. The reparameterisation noise has std ``model.noise_std`` (0.01, not the paper's
+1: better on validation on every dataset of docs/accuracy.md).
 
 Reproducibility: weights are initialised from ``seed``; the shuffle of epoch e on rank r is
 ``default_rng([seed, r, e])``; dropout and z noise of step s are stateless draws keyed by
@@ -69,12 +71,12 @@ class Diverged(VaecfError):
 ANNEAL_FRACTION = 0.5   # share of training after which β reaches its cap (default schedule)
 
 
-def default_anneal_steps(total_steps: int, cap: float) -> int:
-    """Steps such that β = min(step / anneal_steps, cap) hits ``cap`` at ANNEAL_FRACTION of
+def default_anneal_steps(total_steps: int, cap: float, fraction: float = ANNEAL_FRACTION) -> int:
+    """Steps such that β = min(step / anneal_steps, cap) hits ``cap`` at ``fraction`` of
     ``total_steps``."""
     if cap <= 0:
         return 1
-    return max(1, math.ceil(total_steps * ANNEAL_FRACTION / cap))
+    return max(1, math.ceil(total_steps * fraction / cap))
 
 
 @contextlib.contextmanager
@@ -100,7 +102,7 @@ def interrupt_flag() -> Iterator[threading.Event]:
 def _resolve(settings: Settings, total_steps: int) -> Settings:
     """Settings with ``train.anneal_steps`` filled in (see the module docstring)."""
     t = settings.train
-    steps = t.anneal_steps or default_anneal_steps(total_steps, t.anneal_cap)
+    steps = t.anneal_steps or default_anneal_steps(total_steps, t.anneal_cap, t.anneal_fraction)
     return settings.model_copy(update={"train": t.model_copy(update={"anneal_steps": steps})})
 
 

@@ -50,7 +50,7 @@ class Trainer:
 
         m, t = settings.model, settings.train
         self.model = MultVAE(n_items, m.hidden, m.latent, m.dropout, m.activation,
-                             seed=t.seed, dtype=policy, xla=t.xla)
+                             seed=t.seed, dtype=policy, xla=t.xla, noise_std=m.noise_std)
         optimizer = keras.optimizers.Adam(t.lr)
         if policy == "mixed_float16":   # float16 gradients underflow without loss scaling
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
