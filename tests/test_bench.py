@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_bench_train_reports_consistent_figures(small_dataset, tmp_path, cli):
     out = tmp_path / "bench.json"
@@ -30,13 +32,24 @@ def test_bench_inference_reports_consistent_figures(small_dataset, tmp_path, cli
     assert cli("train", "--data", small_dataset, "--out", run, "--epochs", "1",
                "--hidden", "64", "--latent", "16", "--backend", "cpu", "--quiet").code == 0
     out = tmp_path / "inference.json"
-    result = cli("bench", "inference", "--run", run, "--batch-size", "256", "--json", out)
+    result = cli("bench", "inference", "--run", run, "--batch-size", "256", "--precision",
+                 "bf16", "--json", out)
     assert result.code == 0, result.err
     r = json.loads(out.read_text())
     assert r["batch_size"] == 256 and r["single_calls"] == 200
-    assert r["users_per_s"] > 0 and r["ceiling_gflops"] > 0
-    p = r["latency_ms"]
-    assert 0 < p["p50"] <= p["p90"] <= p["p99"]
+    # bf16 is measured beside fp32, each with its bare one-user forward and memory floor.
+    assert r["precision"] == "bf16" and r["fp32"]["precision"] == "fp32"
+    for f in (r, r["fp32"]):
+        assert f["users_per_s"] > 0 and f["ceiling_gflops"] > 0
+        p = f["latency_ms"]
+        assert 0 < p["p50"] <= p["p90"] <= p["p99"]
+        assert f["bare_forward_p50_ms"] > 0 and f["latency_floor_ms"] > 0
+        assert f"{f['users_per_s']:,.0f}" in result.err
+    # bf16 weights are half the bytes of fp32's.
+    assert r["weight_mb"] == pytest.approx(r["fp32"]["weight_mb"] / 2, rel=1e-6)
+    a = r["agreement"]
+    assert 0 <= a["top_k_overlap"] <= 1 and a["users"] > 0
+    assert a["ndcg_difference"] == pytest.approx(a["ndcg"] - a["ndcg_reference"])
 
 
 def test_bench_prepare_measures_the_generated_file(tmp_path, cli):

@@ -1,6 +1,7 @@
 """``vaecf bench inference``: serving speed of a trained run, measured against this machine.
 
-Figures (after warm-up, so tracing is not timed):
+Figures (after warm-up, so tracing is not timed), for the requested ``precision`` and, when that
+is not fp32, for fp32 too, measured interleaved in the same run:
 
 - throughput: users/s scoring batches of ``batch_size`` users, top-k selection and exclusion of
   the users' own items included (NVIDIA's inference figure), and the FLOP/s that implies as a
@@ -11,10 +12,17 @@ Figures (after warm-up, so tracing is not timed):
   sparse first layer, 2·B·(H·2L + L·H + H·I) for the dense layers.
 - single-user latency p50/p90/p99 over ``single_calls`` calls of :func:`vaecf.serving.recommender.
   score_request` with one user, the exact call ``vaecf recommend --user-items`` makes (scoring,
-  exclusion, top-k, mapping back to original ids).
+  exclusion, top-k, mapping back to original ids), each call followed by a *bare forward* of the
+  same user: the model's matmuls alone (a concrete function fed pre-built tensors, returning
+  the logits), so their p50 ratio is the per-call overhead, whatever else runs on the machine.
 - the memory floor of one single-user call: a batch of one reads every weight once (of the
-  first layer only its items' rows), so it cannot beat (bytes read) / (memory bandwidth); the
-  bandwidth is measured here as a NumPy reduction over a buffer far larger than the caches.
+  first layer only its items' rows), so it cannot beat (bytes read) / (memory bandwidth). The
+  bandwidth is the best of two multithreaded streams over buffers far larger than the caches:
+  TensorFlow's float32 reduction of 256 MB and a (1 × 600) @ (600 × 100,000) float32 product
+  (what a one-user decoder does, at a size no cache holds).
+- with ``precision`` other than fp32: agreement with fp32 on the run's test users (mean overlap
+  of the top-10 lists, NDCG@100 of each and the difference), when the run's dataset is still
+  where training read it.
 
 Users come from the run's dataset (training rows, repeated up to the batch size) when that
 directory still exists, else are drawn at random with 50 items each. ``--synthetic`` benchmarks
@@ -36,7 +44,7 @@ import scipy.sparse
 from vaecf.bench.flops import forward_flops_per_user, matmul_flops
 from vaecf.errors import VaecfError
 from vaecf.serving.items import ItemMap, Request
-from vaecf.serving.recommender import Recommender, score_request
+from vaecf.serving.recommender import BATCH_USERS, Recommender, score_request
 
 SINGLE_K = 10  # what `vaecf recommend` returns by default
 # Rows of the ceiling matmul: enough for full GEMM speed, small enough to time quickly.
@@ -88,11 +96,22 @@ def _users(run: Any, n: int, seed: int = 0) -> scipy.sparse.csr_matrix:
     return scipy.sparse.vstack([rows] * reps, format="csr")[:n]
 
 
-def memory_bandwidth(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
-    """Best bytes/s of a NumPy float32 sum over ``n_bytes`` (far beyond the caches)."""
-    buffer = np.ones(n_bytes // 4, np.float32)
-    buffer.sum()
-    return n_bytes / min(_timed(buffer.sum) for _ in range(repeats))
+def memory_bandwidth(repeats: int = 5) -> float:
+    """Best bytes/s of two multithreaded float32 streams far beyond the caches: a TensorFlow
+    reduction over 256 MB and a (1 × 600) @ (600 × 100,000) matvec (240 MB of weights)."""
+    import tensorflow as tf
+
+    big = tf.ones([1 << 26], tf.float32)
+    weights = tf.ones([600, 100_000], tf.float32)
+    vector = tf.ones([1, 600], tf.float32)
+    reduce = tf.function(lambda: tf.reduce_sum(big))
+    matvec = tf.function(lambda: tf.reduce_sum(tf.matmul(vector, weights)))
+    best = 0.0
+    for stream, n_bytes in ((reduce, 4 << 26), (matvec, 4 * 600 * 100_000)):
+        stream()
+        best = max(best, n_bytes / min(_timed(lambda s=stream: s().numpy())
+                                       for _ in range(repeats)))
+    return best
 
 
 def _timed(call: Callable[[], Any]) -> float:
@@ -101,66 +120,155 @@ def _timed(call: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def bare_forward(model: Any) -> Callable[[Any, Any], Any]:
+    """The model's forward alone for one user, as a concrete function of pre-built tensors
+    (cols int64 (n,), values float32 (n,)) returning the logits (1, I): the matmuls a one-user
+    call cannot avoid, nothing else."""
+    import tensorflow as tf
+
+    def forward(cols, values):
+        indices = tf.stack([tf.zeros_like(cols), cols], axis=1)
+        x = tf.SparseTensor(indices, values, tf.constant([1, model.n_items], tf.int64))
+        return model(x, training=False)
+
+    return tf.function(forward).get_concrete_function(tf.TensorSpec([None], tf.int64),
+                                                      tf.TensorSpec([None], tf.float32))
+
+
+def agreement(reference: Recommender, other: Recommender, foldin: Any, targets: Any,
+              k: int = SINGLE_K, cutoff: int = 100) -> dict[str, float]:
+    """How ``other``'s top lists agree with ``reference``'s on held-out users: mean overlap of
+    the top-``k`` lists (share of common items), NDCG@``cutoff`` of each and their difference
+    (other - reference), items excluded as in recommend."""
+    from vaecf.evaluation.metrics import per_user
+
+    cutoff = min(cutoff, reference.item_map.n_items)
+    ref, _ = reference.top_k(foldin, cutoff)
+    low, _ = other.top_k(foldin, cutoff)
+    overlap = np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(ref, low, strict=True)])
+    ndcg = [float(np.mean(per_user(np, np.maximum(r, 0), targets, [cutoff])[f"ndcg@{cutoff}"]))
+            for r in (ref, low)]
+    return {"users": int(foldin.shape[0]), "top_k_overlap": float(overlap),
+            "overlap_k": k, "ndcg_cutoff": cutoff, "ndcg_reference": ndcg[0],
+            "ndcg": ndcg[1], "ndcg_difference": ndcg[1] - ndcg[0]}
+
+
+# A lower precision that loses more NDCG@100 than this against fp32 is reported with a warning.
+NDCG_TOLERANCE = 0.002
+
+
 def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: int = 200,
-        rounds: int = 3) -> dict[str, Any]:
-    """Measure a run's serving speed; returns the figures (see the module docstring).
+        rounds: int = 3, precision: str = "fp32") -> dict[str, Any]:
+    """Measure a run's serving speed; returns the figures (see the module docstring): those of
+    ``precision`` at the top level, fp32's under ``"fp32"`` when ``precision`` is another.
 
     Raises:
         VaecfError: not a run directory, no weights, or a bad size.
     """
+    import tensorflow as tf
+
+    from vaecf.data.dataset import Dataset
     from vaecf.model.rundir import RunDir
+    from vaecf.serving.precision import PRECISIONS
 
     if batch_size < 1 or single_calls < 200:
         raise VaecfError("--batch-size must be >= 1 and --single-calls >= 200")
+    if precision not in PRECISIONS:
+        raise VaecfError(f"--precision: unknown precision {precision!r} "
+                         f"(choose {', '.join(PRECISIONS)})")
     run = RunDir.open(run_path)
     model = run.load_model()
-    recommender = Recommender(model, ItemMap(run.item_ids))
+    precisions = ["fp32"] if precision == "fp32" else [precision, "fp32"]
+    recommenders = {p: Recommender(model, ItemMap(run.item_ids), p) for p in precisions}
+    bare = {p: bare_forward(r.model) for p, r in recommenders.items()}
     users = _users(run, max(batch_size, single_calls))
     batch = users[:batch_size]
     log.info(f"model: {run.n_items:,} items, hidden {model.hidden}, latent {model.latent}; "
         f"batch of {batch_size:,} users with {batch.nnz / batch_size:.1f} items each on average")
 
-    # Warm-up: trace the one graph (any batch size) and touch the weights.
-    recommender.top_k(batch[: min(batch_size, 256)], top_k)
-    for i in range(20):
-        score_request(recommender, Request(None, users[i: i + 1]), SINGLE_K)
+    singles = [users[i: i + 1] for i in range(single_calls)]
+    inputs = [(tf.constant(u.indices, tf.int64),
+               tf.fill([u.nnz], tf.constant(1.0 / np.sqrt(max(u.nnz, 1)), tf.float32)))
+              for u in singles]
+    # Warm-up: touch both graphs and the weights.
+    for recommender in recommenders.values():
+        recommender.top_k(batch[: min(batch_size, 256)], top_k)
+        for i in range(20):
+            score_request(recommender, Request(None, singles[i]), SINGLE_K)
+    for forward in bare.values():
+        forward(*inputs[0])
 
-    log.info(f"timing {rounds} batches of {batch_size:,} users (top {top_k}), each after a "
-        "ceiling matmul...")
-    seconds, ceiling = float("inf"), 0.0
+    log.info(f"timing {rounds} rounds of {batch_size:,} users (top {top_k}, in batches of "
+             f"{min(batch_size, BATCH_USERS):,}), each after a ceiling matmul...")
+    compute = {"fp32": "float32", "bf16": "bfloat16"}
+    seconds = dict.fromkeys(precisions, float("inf"))
+    ceiling = dict.fromkeys(precisions, 0.0)
     for _ in range(rounds):
-        # As in `bench train`: the decoder's dominant (rows × H) @ (H × I) float32 matmul, timed
-        # moments before each round because the machine is shared; best of each is kept.
-        ceiling = max(ceiling, matmul_flops(min(batch_size, CEILING_ROWS), model.hidden,
-                                            model.n_items, "float32", repeats=2))
-        seconds = min(seconds, _timed(lambda: recommender.top_k(batch, top_k)))
+        for p, recommender in recommenders.items():
+            # As in `bench train`: the decoder's dominant (rows × H) @ (H × I) matmul in the
+            # compute dtype, timed moments before each round (the machine may be shared).
+            ceiling[p] = max(ceiling[p], matmul_flops(min(batch_size, BATCH_USERS), model.hidden,
+                                                      model.n_items, compute[p], repeats=2))
+            seconds[p] = min(seconds[p], _timed(lambda r=recommender: r.top_k(batch, top_k)))
 
-    log.info(f"timing {single_calls} single-user calls...")
-    latencies = np.array([
-        _timed(lambda i=i: score_request(recommender, Request(None, users[i: i + 1]), SINGLE_K))
-        for i in range(single_calls)])
-    single_nnz = float(np.mean(np.diff(users.indptr[: single_calls + 1])))
+    log.info(f"timing {single_calls} single-user calls, each beside a bare forward...")
+    latencies = {p: [] for p in precisions}
+    forwards = {p: [] for p in precisions}
+    for i in range(single_calls):
+        for p, recommender in recommenders.items():
+            latencies[p].append(_timed(
+                lambda r=recommender, u=singles[i]: score_request(r, Request(None, u), SINGLE_K)))
+            forwards[p].append(_timed(lambda f=bare[p], x=inputs[i]: f(*x).numpy()))
+    single_nnz = float(np.mean([u.nnz for u in singles]))
 
     log.info("measuring the memory bandwidth...")
     bandwidth = memory_bandwidth()
-    # One user reads every weight except the first layer's, of which only its items' rows.
-    first = model.encoder_hidden.kernel
-    weight_bytes = 4 * (sum(int(np.prod(w.shape)) for w in model.weights)
-                        - int(np.prod(first.shape)) + single_nnz * first.shape[1])
-    achieved = batch_size * forward_flops_per_user(
-        model.n_items, model.hidden, model.latent, batch.nnz / batch_size) / seconds
-    return {
+    per_user_flops = forward_flops_per_user(model.n_items, model.hidden, model.latent,
+                                            batch.nnz / batch_size)
+
+    def figures(p: str) -> dict[str, Any]:
+        served = recommenders[p].model
+        first = served.encoder_hidden.kernel
+        width = tf.as_dtype(first.dtype).size
+        # One user reads every weight except the first layer's, of which only its items' rows.
+        weight_bytes = (sum(int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size
+                            for w in served.weights)
+                        - int(np.prod(first.shape)) * width + single_nnz * first.shape[1] * width)
+        achieved = batch_size * per_user_flops / seconds[p]
+        lat = {f"p{q}": float(np.percentile(latencies[p], q) * 1e3) for q in (50, 90, 99)}
+        bare_p50 = float(np.percentile(forwards[p], 50) * 1e3)
+        return {
+            "precision": p, "batch_seconds": seconds[p], "users_per_s": batch_size / seconds[p],
+            "gflops": achieved / 1e9, "ceiling_gflops": ceiling[p] / 1e9,
+            "fraction_of_ceiling": achieved / ceiling[p],
+            "latency_ms": lat, "bare_forward_p50_ms": bare_p50,
+            "p50_over_bare_forward": lat["p50"] / bare_p50,
+            "weight_mb": weight_bytes / 1e6,
+            "latency_floor_ms": weight_bytes / bandwidth * 1e3,
+        }
+
+    result = {
         "items": run.n_items, "hidden": model.hidden, "latent": model.latent,
-        "batch_size": batch_size, "top_k": top_k, "rounds": rounds,
-        "batch_seconds": seconds,
-        "users_per_s": batch_size / seconds,
-        "gflops": achieved / 1e9,
-        "ceiling_gflops": ceiling / 1e9,
-        "fraction_of_ceiling": achieved / ceiling,
+        "batch_size": batch_size, "scoring_batch": min(batch_size, BATCH_USERS),
+        "top_k": top_k, "rounds": rounds,
         "single_calls": single_calls, "single_top_k": SINGLE_K,
-        "single_items_mean": single_nnz,
-        "latency_ms": {f"p{q}": float(np.percentile(latencies, q) * 1e3) for q in (50, 90, 99)},
-        "memory_gb_per_s": bandwidth / 1e9,
-        "weight_mb": weight_bytes / 1e6,
-        "latency_floor_ms": weight_bytes / bandwidth * 1e3,
+        "single_items_mean": single_nnz, "memory_gb_per_s": bandwidth / 1e9,
+        **figures(precision),
     }
+    if precision != "fp32":
+        reference = figures("fp32")
+        result["fp32"] = reference
+        result["p50_over_fp32"] = result["latency_ms"]["p50"] / reference["latency_ms"]["p50"]
+        result["throughput_over_fp32"] = result["users_per_s"] / reference["users_per_s"]
+        try:
+            foldin, targets = Dataset.open(run.dataset_path).heldout("test")
+        except VaecfError as error:
+            log.warning(f"agreement with fp32 not measured: {error}")
+        else:
+            result["agreement"] = agree = agreement(recommenders["fp32"],
+                                                    recommenders[precision], foldin, targets)
+            if agree["ndcg_difference"] < -NDCG_TOLERANCE:
+                log.warning(f"--precision {precision} loses {-agree['ndcg_difference']:.4f} "
+                            f"NDCG@{agree['ndcg_cutoff']} against fp32 on {agree['users']:,} "
+                            f"test users (more than {NDCG_TOLERANCE})")
+    return result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -26,13 +26,16 @@ def export(
                                        help="Items returned per user.")] = 100,
     force: Annotated[bool, typer.Option("--force",
         metavar="", help="Replace an existing --out.")] = False,
+    precision: Annotated[Literal["fp32", "bf16"], typer.Option(
+        "--precision", help="Weights stored in fp32 (as trained) or bf16 (half the size).")
+                         ] = "fp32",
     quiet: QuietOption = False,
 ) -> None:
     from vaecf.progress import Steps, console
     from vaecf.serving.export import export as run_export
 
     with Steps(quiet) as steps, steps.step(f"exporting {run} to {out}"):
-        info = run_export(run, out, top_k, force)
+        info = run_export(run, out, top_k, force, precision)
     if not quiet:
         k = info["top_k"]
         console.print(f"wrote {info['out']}: signature {info['signature']!r} (item_ids string "

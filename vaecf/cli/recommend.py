@@ -50,6 +50,10 @@ def recommend(
     item_col: Annotated[str | None, typer.Option(
         help="Item column of --input (name or 0-based position).",
         show_default="the training input's")] = None,
+    precision: Annotated[Literal["fp32", "bf16"], typer.Option(
+        "--precision", help="Weights served in fp32 (as trained) or bf16 (half the memory "
+        "traffic; top lists may differ slightly, see `vaecf bench inference --precision`).")
+                         ] = "fp32",
     quiet: QuietOption = False,
 ) -> None:
     import io
@@ -104,7 +108,7 @@ def recommend(
         console.print(Text.assemble(("warning: ", "bold yellow"), line))
     names = read_item_names(item_names, item_map, spec.item, name_col) if item_names else None
 
-    recommender = Recommender(run_dir.load_model(), item_map)
+    recommender = Recommender(run_dir.load_model(), item_map, precision)
     n_users = request.seen.shape[0]
     with Steps(quiet or n_users == 1) as steps, steps.step(
             f"scoring {n_users:,} users", total=n_users) as advance:

@@ -69,8 +69,10 @@ def _serving_module(model: Any, item_ids: list[str], k: int) -> Any:
     return Serving()
 
 
-def export(run_path: Path, out: Path, k: int = 100, force: bool = False) -> dict[str, Any]:
-    """Write the SavedModel of run ``run_path``'s best weights to ``out`` (atomically).
+def export(run_path: Path, out: Path, k: int = 100, force: bool = False,
+           precision: str = "fp32") -> dict[str, Any]:
+    """Write the SavedModel of run ``run_path``'s best weights to ``out`` (atomically), its
+    weights stored in ``precision`` (:mod:`vaecf.serving.precision`).
 
     Returns:
         what was written: out, top_k, n_items, item_id_type, signature.
@@ -86,11 +88,13 @@ def export(run_path: Path, out: Path, k: int = 100, force: bool = False) -> dict
     check_apart(out, [run_path])
     check_target(out, force, marker="saved_model.pb", kind="vaecf export")
     run = RunDir.open(run_path)
-    model = run.load_model()
+    from vaecf.serving.precision import at_precision
+
+    model = at_precision(run.load_model(), precision)
     item_ids = [str(v) for v in run.item_ids.to_pylist()]
     info = {"run": str(Path(run_path).resolve()), "top_k": min(k, len(item_ids)),
             "n_items": len(item_ids), "item_id_type": str(run.item_ids.type),
-            "signature": SIGNATURE, "best": run.best}
+            "signature": SIGNATURE, "best": run.best, "precision": precision}
     module = _serving_module(model, item_ids, info["top_k"])
     with atomic_directory(out, force) as tmp:
         tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve})

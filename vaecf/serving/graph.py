@@ -11,7 +11,39 @@ import numpy as np
 TOP_K_BLOCK = 16
 
 
-def top_k_graph(model: Any, rows: Any, cols: Any, n_rows: Any, k: Any, exclude: Any):
+def fold_in(model: Any, rows: Any, cols: Any, n_rows: Any):
+    """The model's input for users given as (row, column) pairs: a binary row L2-normalised,
+    every non-zero 1/sqrt(row length). Returns (SparseTensor (n_rows, n_items), indices int64
+    (nnz, 2))."""
+    import tensorflow as tf
+
+    lengths = tf.math.bincount(tf.cast(rows, tf.int32), minlength=tf.cast(n_rows, tf.int32),
+                               dtype=tf.float32)
+    values = tf.gather(tf.math.rsqrt(tf.maximum(lengths, 1.0)), rows)
+    indices = tf.stack([rows, cols], axis=1)
+    shape = tf.stack([n_rows, tf.constant(model.n_items, tf.int64)])
+    return tf.SparseTensor(indices, values, shape), indices
+
+
+def exclude_items(logits: Any, indices: Any, exclude: Any):
+    """``logits`` (B, I) float32 with -inf at ``indices`` (nnz, 2) when ``exclude`` (bool
+    scalar), else unchanged.
+
+    A dense boolean mask (SparseToDense, one plain write per pair) and one multithreaded
+    select: 3-5x faster on CPU than tensor_scatter_nd_min, whose per-index updates dominated
+    batch scoring. Pairs need not be sorted and may repeat.
+    """
+    import tensorflow as tf
+
+    mask = tf.sparse.to_dense(
+        tf.SparseTensor(indices, tf.fill(tf.shape(indices)[:1], exclude),
+                        tf.shape(logits, out_type=tf.int64)),
+        default_value=False, validate_indices=False)
+    return tf.where(mask, tf.constant(-np.inf, tf.float32), logits)
+
+
+def top_k_graph(model: Any, rows: Any, cols: Any, n_rows: Any, k: Any, exclude: Any,
+                blocked: bool = True):
     """The scoring graph shared by :class:`Recommender` and the exported SavedModel.
 
     Args:
@@ -21,24 +53,17 @@ def top_k_graph(model: Any, rows: Any, cols: Any, n_rows: Any, k: Any, exclude: 
         n_rows: int64 scalar, the number of users.
         k: int32 scalar, items to keep per user (<= n_items).
         exclude: bool scalar, whether the users' own items are excluded.
+        blocked: select with :func:`blocked_top_k` (faster for many rows) rather than
+            ``tf.math.top_k`` (fewer ops: faster for one row). Same values either way.
     Returns:
         (scores float32 (n_rows, k), columns int32 (n_rows, k)), best first; excluded items
         that still land in the top k have score -inf.
     """
     import tensorflow as tf
 
-    # L2 normalisation of a binary row: every non-zero is 1/sqrt(row length).
-    lengths = tf.math.bincount(tf.cast(rows, tf.int32), minlength=tf.cast(n_rows, tf.int32),
-                               dtype=tf.float32)
-    values = tf.gather(tf.math.rsqrt(tf.maximum(lengths, 1.0)), rows)
-    indices = tf.stack([rows, cols], axis=1)
-    x = tf.SparseTensor(indices, values, tf.stack([n_rows, tf.constant(model.n_items, tf.int64)]))
-    logits = model(x, training=False)
-    # Exclusion as an element-wise min with -inf (or +inf, a no-op): unlike a tf.cond
-    # around tensor_scatter_nd_update it updates the (n_rows, n_items) logits in place.
-    fill = tf.where(exclude, tf.constant(-np.inf, tf.float32), tf.constant(np.inf, tf.float32))
-    logits = tf.tensor_scatter_nd_min(logits, indices, tf.fill(tf.shape(rows), fill))
-    return blocked_top_k(logits, k)
+    x, indices = fold_in(model, rows, cols, n_rows)
+    logits = exclude_items(model(x, training=False), indices, exclude)
+    return blocked_top_k(logits, k) if blocked else tf.math.top_k(logits, k)
 
 
 def blocked_top_k(logits: Any, k: Any, block: int = TOP_K_BLOCK):

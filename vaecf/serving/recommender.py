@@ -2,9 +2,11 @@
 
 Each user's row of known items is L2-normalised, the model scores every item with its mean
 (z = mu, no sampling), the user's own items are excluded unless asked otherwise, and the top k
-are kept. Single users and batches take the same path: :meth:`Recommender.top_k` on a CSR
-matrix, one ``tf.function`` with a fixed signature around :func:`vaecf.serving.graph.
-top_k_graph`, so its graph is traced once per process whatever the batch size.
+are kept. Single users and batches take the same path, :meth:`Recommender.top_k` on a CSR
+matrix, which calls one of two concrete functions of :func:`vaecf.serving.graph.top_k_graph`,
+traced once when the Recommender is built: a few rows select with ``tf.math.top_k`` (fewer ops,
+the one-user latency), many rows with the blocked top-k (the batch throughput). No call
+retraces, and a call converts only its own arrays.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from vaecf.serving.items import ItemMap, Request
 # Users per scoring batch in batch mode: the (batch, n_items) float32 logits of 4,096 users of a
 # 20k-item model take 330 MB, large enough that the decoder GEMM runs at full speed.
 BATCH_USERS = 4096
+# Up to this many rows a call selects with tf.math.top_k: blocked_top_k's extra ops cost more
+# than they save on a few rows (one user: ~1 ms of a ~3 ms call on 20k items).
+SMALL_ROWS = 16
 
 
 class Recommender:
@@ -31,27 +36,33 @@ class Recommender:
     Args:
         model: a :class:`vaecf.model.multvae.MultVAE` with the weights to serve.
         item_map: the run's item map (column j <-> original id).
+        precision: ``fp32`` (the weights as trained) or ``bf16`` (see
+            :mod:`vaecf.serving.precision`).
     """
 
-    def __init__(self, model: Any, item_map: ItemMap) -> None:
+    def __init__(self, model: Any, item_map: ItemMap, precision: str = "fp32") -> None:
         import tensorflow as tf
 
-        self.model = model
+        from vaecf.serving.precision import at_precision
+
+        self.model = model = at_precision(model, precision)
+        self.precision = precision
         self.item_map = item_map
-        self._top_k = tf.function(
-            lambda *args: top_k_graph(model, *args),
-            input_signature=[tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64),
-                             tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int32),
-                             tf.TensorSpec([], tf.bool)],
-            jit_compile=False)
+        spec = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64),
+                tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int32),
+                tf.TensorSpec([], tf.bool)]
+        self._small, self._large = (
+            tf.function(lambda *args, b=blocked: top_k_graph(model, *args, blocked=b),
+                        jit_compile=False).get_concrete_function(*spec)
+            for blocked in (False, True))
 
     @classmethod
-    def from_run(cls, path: Path | str) -> Recommender:
+    def from_run(cls, path: Path | str, precision: str = "fp32") -> Recommender:
         """The best weights of the run directory ``path``."""
         from vaecf.model.rundir import RunDir
 
         run = RunDir.open(path)
-        return cls(run.load_model(), ItemMap(run.item_ids))
+        return cls(run.load_model(), ItemMap(run.item_ids), precision)
 
     def top_k(self, seen: scipy.sparse.csr_matrix, k: int,
               exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -66,10 +77,19 @@ class Recommender:
             logits. Where fewer than k items remain after exclusion the tail has column -1 and
             score -inf.
         """
+        import tensorflow as tf
+
         k = min(k, self.item_map.n_items)
-        rows = np.repeat(np.arange(seen.shape[0], dtype=np.int64), np.diff(seen.indptr))
-        scores, columns = self._top_k(rows, seen.indices.astype(np.int64),
-                                      np.int64(seen.shape[0]), np.int32(k), exclude_seen)
+        n = seen.shape[0]
+        if n > BATCH_USERS:   # bound the (rows, n_items) logits
+            parts = [self.top_k(seen[s: s + BATCH_USERS], k, exclude_seen)
+                     for s in range(0, n, BATCH_USERS)]
+            return (np.concatenate([c for c, _ in parts]), np.concatenate([v for _, v in parts]))
+        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(seen.indptr))
+        call = self._small if n <= SMALL_ROWS else self._large
+        scores, columns = call(tf.constant(rows), tf.constant(seen.indices, tf.int64),
+                               tf.constant(n, tf.int64), tf.constant(k, tf.int32),
+                               tf.constant(bool(exclude_seen)))
         scores, columns = scores.numpy(), columns.numpy().astype(np.int64)
         columns[np.isneginf(scores)] = -1
         return columns, scores
