@@ -59,3 +59,4 @@ def test_bench_prepare_measures_the_generated_file(tmp_path, cli):
     rows = meta["stats"]["rows_read"]
     assert rows == sum(1 for _ in (tmp_path / "synthetic-200000.csv").open()) - 1
     assert f"{rows:,}" in result.err and "rows/s" in result.err and "GB" in result.err
+    assert "bare pyarrow read" in result.err

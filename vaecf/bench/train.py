@@ -45,47 +45,60 @@ def synthetic_matrix(users: int, items: int = ML20M_ITEMS,
 
 
 def bench(matrix: Any, settings: Settings, batch_sizes: list[int], backend: Backend,
-          steps: int = 10, rounds: int = 3, comm: Comm | None = None) -> list[dict[str, Any]]:
-    """Time training steps on ``matrix`` (scipy CSR, users × items) for each batch size.
+          steps: int = 10, rounds: int = 3, comm: Comm | None = None,
+          precisions: list[str] | None = None) -> list[dict[str, Any]]:
+    """Time training steps on ``matrix`` (scipy CSR, users × items) for each batch size and
+    each precision (``"fp32"``, ``"amp"``: what ``--amp`` means on the backend; default: the
+    one ``settings.train.amp`` picks), rounds of the precisions interleaved, each after its own
+    ceiling matmul.
 
-    Returns one dict per batch size: batch_size, precision, users_per_s, flops_per_user,
-    gflops, ceiling_gflops, fraction.
+    Returns one dict per (batch size, precision): batch_size, precision, users_per_s,
+    flops_per_user, gflops, ceiling_gflops, fraction.
     """
     from vaecf.training.trainer import Trainer, precision_policy
 
     comm = comm or SingleProcess()
     t = settings.train
-    policy = precision_policy(t.amp, backend)
+    if precisions is None:
+        precisions = ["amp" if t.amp else "fp32"]
+    policies = list(dict.fromkeys(precision_policy(p == "amp", backend) for p in precisions))
     compute = {"float32": "float32", "mixed_bfloat16": "bfloat16",
-               "mixed_float16": "float16"}[policy]
+               "mixed_float16": "float16"}
     rows = backend.csr(matrix)
     nnz_per_user = matrix.nnz / matrix.shape[0]
     m = settings.model
     per_user = train_flops_per_user(matrix.shape[1], m.hidden, m.latent, nnz_per_user)
     resolved = settings.model_copy(update={"train": t.model_copy(update={"anneal_steps": 1})})
-    trainer = Trainer(resolved, matrix.shape[1], comm, policy)
+    trainers = {policy: Trainer(resolved, matrix.shape[1], comm, policy) for policy in policies}
     results = []
     for batch_size in batch_sizes:
         n_batches = max(1, matrix.shape[0] // batch_size)   # full batches only: a clean rate
         batches = list(iterate(backend, rows, epoch_order(matrix.shape[0], t.seed, comm.rank, 0),
                                n_batches))
-        trainer.step(batches[0], t.anneal_cap, 0)            # trace and warm up
-        best_speed, best_ceiling = 0.0, 0.0
+        for trainer in trainers.values():
+            trainer.step(batches[0], t.anneal_cap, 0)        # trace and warm up
+        best_speed = dict.fromkeys(policies, 0.0)
+        best_ceiling = dict.fromkeys(policies, 0.0)
         for _ in range(rounds):
-            best_ceiling = max(best_ceiling, matmul_flops(batch_size, m.hidden,
-                                                          matrix.shape[1], compute))
-            users, started = 0, time.perf_counter()
-            for s in range(steps):
-                batch = batches[s % len(batches)]
-                trainer.step(batch, t.anneal_cap, s)
-                users += batch.size
-            best_speed = max(best_speed, users / (time.perf_counter() - started))
-        speed = comm.allreduce_sum(best_speed)
-        result = {"batch_size": batch_size, "precision": compute, "users_per_s": speed,
-                  "flops_per_user": per_user, "gflops": speed * per_user / 1e9,
-                  "ceiling_gflops": best_ceiling * comm.size / 1e9}
-        result["fraction"] = result["gflops"] / result["ceiling_gflops"]
-        log.info(f"batch {batch_size}: {speed:,.0f} users/s, {result['gflops']:.1f} of "
-            f"{result['ceiling_gflops']:.1f} GFLOP/s ({result['fraction']:.0%})")
-        results.append(result)
+            for policy, trainer in trainers.items():
+                best_ceiling[policy] = max(best_ceiling[policy], matmul_flops(
+                    batch_size, m.hidden, matrix.shape[1], compute[policy]))
+                users, started = 0, time.perf_counter()
+                for s in range(steps):
+                    batch = batches[s % len(batches)]
+                    trainer.step(batch, t.anneal_cap, s)
+                    users += batch.size
+                best_speed[policy] = max(best_speed[policy],
+                                         users / (time.perf_counter() - started))
+        for policy in policies:
+            speed = comm.allreduce_sum(best_speed[policy])
+            result = {"batch_size": batch_size, "precision": compute[policy],
+                      "users_per_s": speed, "flops_per_user": per_user,
+                      "gflops": speed * per_user / 1e9,
+                      "ceiling_gflops": best_ceiling[policy] * comm.size / 1e9}
+            result["fraction"] = result["gflops"] / result["ceiling_gflops"]
+            log.info(f"batch {batch_size}, {result['precision']}: {speed:,.0f} users/s, "
+                     f"{result['gflops']:.1f} of {result['ceiling_gflops']:.1f} GFLOP/s "
+                     f"({result['fraction']:.0%})")
+            results.append(result)
     return results

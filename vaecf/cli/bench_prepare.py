@@ -45,6 +45,9 @@ def bench_prepare(
     table.add_row("input size", f"{result['file_mb']:,.0f} MB")
     table.add_row("wall time (CLI start-up included)", f"{result['seconds']:.2f} s")
     table.add_row("throughput", f"{result['rows_per_s']:,.0f} rows/s")
+    table.add_row("bare pyarrow read of the same file (same run)",
+                  f"{result['bare_read_rows_per_s']:,.0f} rows/s")
+    table.add_row("prepare / bare read", f"{result['of_bare_read']:.0%}")
     table.add_row("peak resident memory", f"{result['peak_rss_gb']:.2f} GB")
     table.add_row("training users / items", f"{result['train_users']:,} / {result['items']:,}")
     console.print(table)

@@ -15,7 +15,7 @@ HELP = """Training throughput (users/s) and the fraction of this machine's dense
 ceiling (measured in the same run) it reaches, on a dataset or on synthetic data shaped like
 MovieLens-20M (20,000 items, ~70 items per user).
 
-Example: [bold]vaecf bench train --synthetic 4000 --batch-size 500,2000[/]"""
+Example: [bold]vaecf bench train --synthetic 4000 --batch-size 500,2000 --compare[/]"""
 
 
 @bench_app.command("train", help=HELP, short_help=summary(HELP))
@@ -32,6 +32,10 @@ def bench_train(
         "--amp/--no-amp",
         metavar="", help="Mixed precision (bfloat16 on this CPU, float16 on GPU).")
                    ] = False,
+    compare: Annotated[bool, typer.Option(
+        "--compare",
+        metavar="", help="Time float32 and mixed precision side by side (rounds interleaved), "
+        "each against the ceiling of its own compute dtype.")] = False,
     xla: Annotated[bool, typer.Option("--xla/--no-xla",
         metavar="", help="XLA-compile the step.")] = False,
     steps: Annotated[int, typer.Option(min=1, help="Timed steps per round.")] = 10,
@@ -90,7 +94,8 @@ def bench_train(
     source = f"synthetic ML-20M shape, {synthetic:,} users" if data is None else str(data)
     logging.getLogger("vaecf").info("%s: %s items, %.1f items/user", source,
                                     f"{matrix.shape[1]:,}", matrix.nnz / matrix.shape[0])
-    results = bench(matrix, settings, sizes, chosen, steps, rounds, comm=comm)
+    results = bench(matrix, settings, sizes, chosen, steps, rounds, comm=comm,
+                    precisions=["fp32", "amp"] if compare else None)
     if not comm.is_chief:
         return
     ranks = f", {comm.size} ranks" if comm.size > 1 else ""
@@ -103,6 +108,13 @@ def bench_train(
         table.add_row(r["precision"], f"{r['batch_size']:,}", f"{r['users_per_s']:,.0f}",
                       f"{r['flops_per_user'] / 1e6:.1f}", f"{r['gflops']:.1f}",
                       f"{r['ceiling_gflops']:.1f}", f"{r['fraction']:.0%}")
+    by_batch: dict[int, dict[str, float]] = {}
+    for r in results:
+        by_batch.setdefault(r["batch_size"], {})[r["precision"]] = r["users_per_s"]
+    ratios = [f"batch {b:,}: {p} {v[p] / v['float32']:.2f}x float32"
+              for b, v in by_batch.items() if "float32" in v for p in v if p != "float32"]
+    if ratios:
+        table.caption = "; ".join(ratios)
     Console().print(table)   # the result goes to stdout, progress to stderr
     if json_out is not None:
         write_text(json_out, json.dumps(results, indent=2) + "\n")
