@@ -55,9 +55,18 @@ class PrepareSettings(_Section):
         return value
 
 
-class ModelSettings(_Section):
-    """The Mult-VAE architecture (Liang et al. 2018, section 2)."""
+ModelName = Literal["multvae", "recvae"]
 
+
+class ModelSettings(_Section):
+    """Which model, and the Mult-VAE architecture (Liang et al. 2018, section 2).
+
+    ``hidden``, ``latent`` and ``dropout`` are RecVAE's too (encoder width, latent dimension,
+    input dropout of its encoder epochs); ``activation`` and ``noise_std`` are Mult-VAE's only.
+    RecVAE's own settings are in :class:`RecVAESettings`.
+    """
+
+    name: ModelName = "multvae"
     hidden: int = Field(600, ge=1)
     latent: int = Field(200, ge=1)
     dropout: float = Field(0.5, ge=0, lt=1)
@@ -87,6 +96,34 @@ class TrainSettings(_Section):
     checkpoint_every: int = Field(10, ge=1)
 
 
+class RecVAESettings(_Section):
+    """RecVAE (Shenbin et al., WSDM 2020); used when ``model.name = "recvae"``.
+
+    Defaults are the reference implementation's (github.com/ilya-shenbin/RecVAE).
+    """
+
+    encoder_layers: int = Field(5, ge=1)
+    # KL weight of user u: gamma * |x_u| (their number of interactions), constant in training.
+    gamma: float = Field(0.005, ge=0)
+    # One cycle: this many epochs updating only the encoder (input dropout, prior fixed), then
+    # this many updating only the decoder (no dropout); the prior's posterior component is
+    # the encoder as it was at the start of the cycle.
+    encoder_epochs: int = Field(3, ge=1)
+    decoder_epochs: int = Field(1, ge=1)
+    # Mixture weights of the composite prior: N(0, I), previous posterior, wide N(0, e^wide).
+    prior_weights: list[float] = Field(default_factory=lambda: [0.15, 0.75, 0.1])
+    wide_logvar: float = 10.0
+    layer_norm_eps: float = Field(0.1, gt=0)
+
+    @field_validator("prior_weights")
+    @classmethod
+    def _mixture(cls, value: list[float]) -> list[float]:
+        if len(value) != 3 or min(value) < 0 or abs(sum(value) - 1) > 1e-6:
+            raise ValueError("must be 3 non-negative weights (standard, previous posterior, "
+                             "wide) summing to 1")
+        return value
+
+
 class EvaluateSettings(_Section):
     """``vaecf test`` and validation during training."""
 
@@ -104,6 +141,7 @@ class Settings(BaseSettings):
     prepare: PrepareSettings = PrepareSettings()
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
+    recvae: RecVAESettings = RecVAESettings()
     evaluate: EvaluateSettings = EvaluateSettings()
 
     @classmethod
@@ -124,7 +162,7 @@ DEFAULT_CONFIG = Path("settings.toml")
 # What runs written before a key existed used, per section: a stored settings.json without the
 # key is read with this value, not today's default (see RunDir.settings).
 LEGACY_VALUES: dict[str, dict[str, Any]] = {
-    "model": {"noise_std": 1.0},
+    "model": {"noise_std": 1.0, "name": "multvae"},
     "train": {"anneal_fraction": 0.5},
 }
 

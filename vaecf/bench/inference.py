@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from vaecf.bench.flops import forward_flops_per_user, matmul_flops
+from vaecf.bench.flops import matmul_flops, model_forward_flops_per_user
 from vaecf.errors import VaecfError
 from vaecf.serving.items import ItemMap, Request
 from vaecf.serving.recommender import BATCH_USERS, Recommender, score_request
@@ -223,16 +223,16 @@ def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: 
 
     log.info("measuring the memory bandwidth...")
     bandwidth = memory_bandwidth()
-    per_user_flops = forward_flops_per_user(model.n_items, model.hidden, model.latent,
-                                            batch.nnz / batch_size)
+    per_user_flops = model_forward_flops_per_user(model, batch.nnz / batch_size)
 
     def figures(p: str) -> dict[str, Any]:
         served = recommenders[p].model
         first = served.encoder_hidden.kernel
         width = tf.as_dtype(first.dtype).size
         # One user reads every weight except the first layer's, of which only its items' rows.
+        # RecVAE's serving_weights leave out its prior's frozen copy, which serving never runs.
         weight_bytes = (sum(int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size
-                            for w in served.weights)
+                            for w in getattr(served, "serving_weights", served.weights))
                         - int(np.prod(first.shape)) * width + single_nnz * first.shape[1] * width)
         achieved = batch_size * per_user_flops / seconds[p]
         lat = {f"p{q}": float(np.percentile(latencies[p], q) * 1e3) for q in (50, 90, 99)}

@@ -1,6 +1,6 @@
 """``vaecf bench train``: training throughput against this machine's own matmul ceiling.
 
-For each batch size, the real training step (:class:`vaecf.training.loop.Trainer`, fed by the real
+For each batch size, the real training step (the model's trainer, fed by the real
 input pipeline) runs ``steps`` timed steps after a warm-up; users/s times the FLOPs per user
 (:mod:`vaecf.bench.flops`) gives the achieved FLOP/s. The ceiling is a dense matmul of the model's
 dominant shape, (batch × H) @ (H × I), in the step's compute dtype (float32, or bfloat16 /
@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse
 
 from vaecf.backend import Backend
-from vaecf.bench.flops import matmul_flops, train_flops_per_user
+from vaecf.bench.flops import matmul_flops, model_train_flops_per_user
 from vaecf.model.batches import epoch_order, iterate
 from vaecf.settings import Settings
 from vaecf.training.distributed import Comm, SingleProcess
@@ -55,7 +55,8 @@ def bench(matrix: Any, settings: Settings, batch_sizes: list[int], backend: Back
     Returns one dict per (batch size, precision): batch_size, precision, users_per_s,
     flops_per_user, gflops, ceiling_gflops, fraction.
     """
-    from vaecf.training.trainer import Trainer, precision_policy
+    from vaecf.training.registry import kl_weight, make_trainer
+    from vaecf.training.trainer import precision_policy
 
     comm = comm or SingleProcess()
     t = settings.train
@@ -67,16 +68,21 @@ def bench(matrix: Any, settings: Settings, batch_sizes: list[int], backend: Back
     rows = backend.csr(matrix)
     nnz_per_user = matrix.nnz / matrix.shape[0]
     m = settings.model
-    per_user = train_flops_per_user(matrix.shape[1], m.hidden, m.latent, nnz_per_user)
+    per_user = model_train_flops_per_user(settings, matrix.shape[1], nnz_per_user)
     resolved = settings.model_copy(update={"train": t.model_copy(update={"anneal_steps": 1})})
-    trainers = {policy: Trainer(resolved, matrix.shape[1], comm, policy) for policy in policies}
+    # One step per "epoch": RecVAE's timed steps then cycle through its phases in the
+    # proportion of a real cycle (3 encoder steps : 1 decoder step by default).
+    trainers = {policy: make_trainer(resolved, matrix.shape[1], comm, policy, steps_per_epoch=1)
+                for policy in policies}
+    beta = kl_weight(resolved, 1)   # Mult-VAE: the cap; RecVAE: γ
     results = []
     for batch_size in batch_sizes:
         n_batches = max(1, matrix.shape[0] // batch_size)   # full batches only: a clean rate
         batches = list(iterate(backend, rows, epoch_order(matrix.shape[0], t.seed, comm.rank, 0),
                                n_batches))
         for trainer in trainers.values():
-            trainer.step(batches[0], t.anneal_cap, 0)        # trace and warm up
+            for s in range(4):                               # trace and warm up every phase
+                trainer.step(batches[s % len(batches)], beta, s)
         best_speed = dict.fromkeys(policies, 0.0)
         best_ceiling = dict.fromkeys(policies, 0.0)
         for _ in range(rounds):
@@ -86,7 +92,7 @@ def bench(matrix: Any, settings: Settings, batch_sizes: list[int], backend: Back
                 users, started = 0, time.perf_counter()
                 for s in range(steps):
                     batch = batches[s % len(batches)]
-                    trainer.step(batch, t.anneal_cap, s)
+                    trainer.step(batch, beta, s)
                     users += batch.size
                 best_speed[policy] = max(best_speed[policy],
                                          users / (time.perf_counter() - started))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -28,6 +28,9 @@ def bench_train(
         "(20,000 items, ~70 items each).", show_default=False)] = None,
     batch_size: Annotated[str, typer.Option(
         "--batch-size", help="Comma-separated batch sizes to time.")] = "500",
+    model: Annotated[Literal["multvae", "recvae"] | None, typer.Option(
+        "--model", help="multvae or recvae (RecVAE's steps are timed in its cycle's "
+        "proportion of encoder and decoder steps).", show_default="multvae")] = None,
     amp: Annotated[bool, typer.Option(
         "--amp/--no-amp",
         metavar="", help="Mixed precision (bfloat16 on this CPU, float16 on GPU).")
@@ -76,7 +79,8 @@ def bench_train(
     if synthetic is not None and synthetic < max(sizes):
         raise VaecfError(f"--synthetic {synthetic}: need at least one full batch "
                          f"({max(sizes)} users)")
-    settings = load_settings(config, train=dict(amp=amp, xla=xla, backend=backend))
+    settings = load_settings(config, train=dict(amp=amp, xla=xla, backend=backend),
+                             model=dict(name=model))
     entered = enter_job(settings, sys.argv[1:], np=np)
     if entered is None:   # this process only started the ranks, which re-ran this command
         return
@@ -99,7 +103,8 @@ def bench_train(
     if not comm.is_chief:
         return
     ranks = f", {comm.size} ranks" if comm.size > 1 else ""
-    table = Table(title=f"vaecf bench train  ({source}, H={settings.model.hidden}, "
+    table = Table(title=f"vaecf bench train  ({settings.model.name}, {source}, "
+                        f"H={settings.model.hidden}, "
                         f"L={settings.model.latent}{ranks})")
     for column in ("precision", "batch", "users/s", "MFLOP/user", "GFLOP/s",
                    "ceiling GFLOP/s", "of ceiling"):

@@ -46,6 +46,7 @@ def test(
     from vaecf.errors import VaecfError
     from vaecf.evaluation.metrics import metric_names
     from vaecf.evaluation.protocol import evaluate_run
+    from vaecf.model.registry import kind
     from vaecf.settings import load_settings
 
     check_writable(json_out, "--json")
@@ -63,7 +64,7 @@ def test(
     table = Table(title=f"{result['split']} users of {result['data']}  "
                         f"({result['users']:,} users, best epoch {result['best_epoch']})")
     table.add_column("metric")
-    table.add_column("Mult-VAE", justify="right")
+    table.add_column(kind(result["model_name"]).title, justify="right")
     columns = ["model", *(name for name in ("popularity", "ease") if name in result)]
     for column in columns[1:]:
         title = {"popularity": "popularity",

@@ -18,9 +18,9 @@ from vaecf.cli.common import (
     summary,
 )
 
-HELP = """Train a Mult-VAE on a dataset directory (from `vaecf prepare`) into a run directory:
-best weights by validation NDCG@100, optimizer state, settings, item map, metrics history.
-Ctrl-C saves a resumable checkpoint; --resume continues it.
+HELP = """Train a Mult-VAE (or, with --model recvae, a RecVAE) on a dataset directory (from
+`vaecf prepare`) into a run directory: best weights by validation NDCG@100, optimizer state,
+settings, item map, metrics history. Ctrl-C saves a resumable checkpoint; --resume continues it.
 
 Example: [bold]vaecf train --data data/ --out runs/ml1m[/]"""
 
@@ -31,6 +31,11 @@ def train(
                                        file_okay=False)] = ...,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.",
                                       file_okay=False)] = ...,
+    model: Annotated[Literal["multvae", "recvae"] | None, typer.Option(
+        "--model", help="multvae (Liang et al. 2018) or recvae (Shenbin et al. 2020; its "
+        "own settings: the --gamma .. --layer-norm-eps flags, section recvae of the "
+        "settings).",
+        show_default=default_of("model", "name"))] = None,
     epochs: Annotated[int | None, typer.Option(
         help="Passes over the training users (with --resume: extend to this many).",
         show_default=default_of("train", "epochs"))] = None,
@@ -60,6 +65,27 @@ def train(
         show_default=default_of("model", "activation"))] = None,
     latent: Annotated[int | None, typer.Option(
         help="Latent dimension.", show_default=default_of("model", "latent"))] = None,
+    gamma: Annotated[float | None, typer.Option(
+        help="RecVAE: KL weight per interaction (a user's β = γ · their interactions).",
+        show_default=default_of("recvae", "gamma"))] = None,
+    encoder_epochs: Annotated[int | None, typer.Option(
+        help="RecVAE: epochs per cycle that update only the encoder (with input dropout).",
+        show_default=default_of("recvae", "encoder_epochs"))] = None,
+    decoder_epochs: Annotated[int | None, typer.Option(
+        help="RecVAE: epochs per cycle that then update only the decoder.",
+        show_default=default_of("recvae", "decoder_epochs"))] = None,
+    encoder_layers: Annotated[int | None, typer.Option(
+        help="RecVAE: densely connected encoder layers (each --hidden wide).",
+        show_default=default_of("recvae", "encoder_layers"))] = None,
+    prior_weights: Annotated[str | None, typer.Option(
+        help="RecVAE: composite prior weights of N(0, I), the previous posterior and the "
+        "wide Gaussian, comma-separated.", show_default="0.15,0.75,0.1")] = None,
+    wide_logvar: Annotated[float | None, typer.Option(
+        help="RecVAE: log-variance of the prior's wide Gaussian.",
+        show_default=default_of("recvae", "wide_logvar"))] = None,
+    layer_norm_eps: Annotated[float | None, typer.Option(
+        help="RecVAE: epsilon of the encoder's layer norms.",
+        show_default=default_of("recvae", "layer_norm_eps"))] = None,
     validate_every: Annotated[int | None, typer.Option(
         help="Validate every N epochs (and after the last).",
         show_default=default_of("train", "validate_every"))] = None,
@@ -119,16 +145,21 @@ def train(
     if resume and force:
         raise VaecfError("give either --resume or --force, not both")
 
-    model_flags = dict(hidden=hidden, latent=latent, dropout=dropout, activation=activation,
-                       noise_std=noise_std)
+    model_flags = dict(name=model, hidden=hidden, latent=latent, dropout=dropout,
+                       activation=activation, noise_std=noise_std)
+    recvae_flags = dict(gamma=gamma, encoder_epochs=encoder_epochs,
+                        decoder_epochs=decoder_epochs, encoder_layers=encoder_layers,
+                        prior_weights=_floats(prior_weights, "--prior-weights"),
+                        wide_logvar=wide_logvar, layer_norm_eps=layer_norm_eps)
     train_flags = dict(epochs=epochs, batch_size=batch_size, lr=lr, anneal_cap=anneal_cap,
                        anneal_steps=anneal_steps, anneal_fraction=anneal_fraction,
                        validate_every=validate_every,
                        patience=patience, checkpoint_every=checkpoint_every, seed=seed,
                        amp=amp, xla=xla, backend=backend)
-    settings = load_settings(config, model=model_flags, train=train_flags)
+    settings = load_settings(config, model=model_flags, train=train_flags, recvae=recvae_flags)
     if resume:
-        _refuse_changed_flags(out, {"model": model_flags, "train": train_flags})
+        _refuse_changed_flags(out, {"model": model_flags, "train": train_flags,
+                                    "recvae": recvae_flags})
     # A resumed run keeps its stored (already scaled) lr.
     entered = enter_job(settings, sys.argv[1:], np=np, gpus=gpus, hosts=hosts,
                         scale_lr=scale_lr and not resume,
@@ -167,6 +198,19 @@ def _refuse_changed_flags(out: Path, flags: dict[str, dict[str, object]]) -> Non
                 continue
             have = getattr(getattr(stored, section), key)
             if value != have:
+                flag = "model" if (section, key) == ("model", "name") else key.replace("_", "-")
                 raise VaecfError(f"--resume continues {out} with its own settings: "
-                                 f"--{key.replace('_', '-')} {value} differs from the run's "
+                                 f"--{flag} {value} differs from the run's "
                                  f"{have} (start a new run with another --out to change it)")
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    """A comma-separated list of numbers (None when the flag was not given)."""
+    from vaecf.errors import VaecfError
+
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise VaecfError(f"{flag}: expected comma-separated numbers, got {text!r}") from None

@@ -80,7 +80,8 @@ def evaluate_run(run_path: Any, data: Any, split: str, ks: list[int], backend: B
         baselines: which of ``popularity``, ``ease`` to score beside the model.
 
     Returns:
-        ``{"run", "data", "split", "users", "best_epoch", "model": {metric: value},
+        ``{"run", "data", "split", "users", "best_epoch", "model_name" (``multvae`` or
+        ``recvae``), "model": {metric: value},
         "popularity": {metric: value}, "ease": {metric: value}, "ease_lambda", ...,
         "skipped": {baseline: reason}}`` (see :func:`vaecf.evaluation.baselines.run_baselines`).
     """
@@ -99,5 +100,6 @@ def evaluate_run(run_path: Any, data: Any, split: str, ks: list[int], backend: B
                      batch_size)
     users = model.pop("users")
     return {"run": str(run.path), "data": str(dataset.path), "split": split, "users": users,
-            "best_epoch": (run.best or {}).get("epoch"), "model": model,
+            "best_epoch": (run.best or {}).get("epoch"), "model_name": run.model_name,
+            "model": model,
             **run_baselines(dataset, split, ks, backend, baselines, batch_size)}

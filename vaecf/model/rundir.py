@@ -14,7 +14,9 @@ tested, served, benchmarked, exported or resumed, with no other input.
 
 ``run.json`` keys: ``format``, ``version``, ``created`` (UTC ISO time), ``versions`` (vaecf,
 tensorflow, keras), ``dataset`` (``path`` absolute, ``fingerprint`` = the dataset's sha256,
-``n_items``, ``train_users``), ``model`` (MultVAE constructor arguments), ``status``
+``n_items``, ``train_users``), ``model`` (``name``: ``multvae`` or ``recvae``, absent in runs
+written before RecVAE and then read as ``multvae``, plus the model's constructor arguments; see
+:mod:`vaecf.model.registry`), ``status``
 (``running`` | ``interrupted`` | ``complete`` | ``early-stopped`` | ``diverged``), ``progress``
 (``epoch``: epochs finished, ``batch``: batches finished in the current epoch, ``step``:
 optimizer steps, ``bad_validations``: validations since the last improvement, ``partial``: loss
@@ -50,6 +52,7 @@ import pyarrow as pa
 from vaecf.atomic import atomic_directory, clean_stale_files, recover, replace_file
 from vaecf.errors import VaecfError
 from vaecf.formats import file_sha256, read_header, read_parquet_column, verify_files
+from vaecf.model import registry
 from vaecf.model.progress import Progress
 from vaecf.settings import LEGACY_VALUES, Settings
 
@@ -136,7 +139,6 @@ class RunDir:
         from vaecf import __version__
 
         path = Path(path)
-        m = settings.model
         meta = {
             "format": FORMAT, "version": VERSION,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -145,8 +147,7 @@ class RunDir:
             "dataset": {"path": str(Path(dataset.path).resolve()),
                         "fingerprint": dataset.fingerprint, "n_items": dataset.n_items,
                         "train_users": int(dataset.meta["counts"]["train"]["users"])},
-            "model": {"n_items": dataset.n_items, "hidden": m.hidden, "latent": m.latent,
-                      "dropout": m.dropout, "activation": m.activation},
+            "model": registry.run_record(settings, dataset.n_items),
             "status": "running",
             "progress": Progress().to_json(),
             "checkpoint": None, "best": None, "history": [],
@@ -204,6 +205,11 @@ class RunDir:
         return Path(self.meta["dataset"]["path"])
 
     @property
+    def model_name(self) -> str:
+        """Which model the run holds: ``multvae`` or ``recvae``."""
+        return registry.name_of(self.meta["model"])
+
+    @property
     def n_items(self) -> int:
         return int(self.meta["model"]["n_items"])
 
@@ -229,13 +235,12 @@ class RunDir:
     # ---- models and checkpoints -----------------------------------------------------------
 
     def build_model(self, seed: int = 0):
-        """A freshly initialised :class:`vaecf.model.multvae.MultVAE` of this run's shape."""
-        from vaecf.model.multvae import MultVAE
-
-        return MultVAE(**self.meta["model"], seed=seed)
+        """A freshly initialised model of this run's kind and shape (a
+        :class:`vaecf.model.multvae.MultVAE` or :class:`vaecf.model.recvae.RecVAE`)."""
+        return registry.build(self.meta["model"], seed=seed)
 
     def load_model(self, which: str = "best"):
-        """MultVAE with the ``best`` weights (or the ``last`` checkpoint's).
+        """The model with the ``best`` weights (or the ``last`` checkpoint's).
 
         Falls back to the last checkpoint when no validation has run yet."""
         entry = self.meta["best"] if which == "best" else None

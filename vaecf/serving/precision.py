@@ -22,7 +22,8 @@ _KERAS_DTYPE = {"bf16": "bfloat16"}
 
 
 def at_precision(model: Any, precision: str) -> Any:
-    """``model`` (a MultVAE) itself for fp32, else a copy whose weights are stored and used in
+    """``model`` (a MultVAE or RecVAE) itself for fp32, else a copy whose weights are stored
+    and used in
     ``precision``.
 
     Raises:
@@ -37,10 +38,8 @@ def at_precision(model: Any, precision: str) -> Any:
                          f"(choose {', '.join(PRECISIONS)})")
     import tensorflow as tf
 
-    from vaecf.model.multvae import MultVAE
-
-    low = MultVAE(model.n_items, model.hidden, model.latent, model.dropout, model.activation,
-                  dtype=_KERAS_DTYPE[precision])
+    # The same class and shape (a MultVAE or a RecVAE: get_config holds its arguments).
+    low = type(model)(**model.get_config(), dtype=_KERAS_DTYPE[precision])
     for target, source in zip(low.weights, model.weights, strict=True):
         target.assign(tf.cast(source, target.dtype))
     return low

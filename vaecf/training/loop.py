@@ -1,7 +1,10 @@
-"""The Mult-VAE training loop, data parallel through :mod:`vaecf.training.distributed`.
+"""The training loop (Mult-VAE or RecVAE), data parallel through
+:mod:`vaecf.training.distributed`.
 
-Each epoch (:meth:`_Session.run_epoch`) takes steps of :class:`vaecf.training.trainer.Trainer`
-with β = min(step / anneal_steps, anneal_cap); after it, :meth:`_Session.end_epoch` validates,
+Each epoch (:meth:`_Session.run_epoch`) takes steps of the model's trainer
+(:mod:`vaecf.training.registry`: :class:`vaecf.training.trainer.Trainer` for Mult-VAE, with
+β = min(step / anneal_steps, anneal_cap); :class:`vaecf.training.recvae_trainer.RecVAETrainer`
+for RecVAE, with its constant γ); after it, :meth:`_Session.end_epoch` validates,
 logs, checkpoints and decides on early stopping. Every rank sees each of its users once per
 epoch in a seeded shuffle; only the chief validates, logs and writes the run directory.
 
@@ -53,6 +56,8 @@ from vaecf.model.progress import EpochSums, Progress
 from vaecf.model.rundir import RUN_JSON, RunDir
 from vaecf.settings import Settings
 from vaecf.training.distributed import Comm, communicator
+from vaecf.training.recvae_trainer import RecVAETrainer
+from vaecf.training.registry import kl_weight, make_trainer
 from vaecf.training.trainer import Trainer, precision_policy
 from vaecf.training.view import TrainView
 
@@ -115,7 +120,8 @@ class _Session:
         status: ``running`` until the loop ends, then how it ended.
     """
 
-    def __init__(self, settings: Settings, run: RunDir | None, trainer: Trainer, rows: Any,
+    def __init__(self, settings: Settings, run: RunDir | None,
+                 trainer: Trainer | RecVAETrainer, rows: Any,
                  steps: int, backend: Backend, comm: Comm, view: TrainView,
                  progress: Progress, status: str, validation: Any, log_file: IO[str] | None
                  ) -> None:
@@ -125,8 +131,7 @@ class _Session:
         self.validation, self.log_file = validation, log_file
         self.history = list(run.history) if run else []
         self.scorer: Any = None
-        t = settings.train
-        self.beta = min(progress.step / t.anneal_steps, t.anneal_cap)
+        self.beta = kl_weight(settings, progress.step)
 
     def run_epoch(self, interrupted: threading.Event) -> bool:
         """Train the rest of epoch ``progress.epoch + 1``; True when stopped by Ctrl-C (the
@@ -139,7 +144,7 @@ class _Session:
         step = p.step
         for b, batch in enumerate(iterate(self.backend, self.rows, order, self.steps, p.batch),
                                   start=p.batch):
-            self.beta = min(step / t.anneal_steps, t.anneal_cap)
+            self.beta = kl_weight(self.settings, step)
             loss, nll, kl = self.trainer.step(batch, self.beta, step)
             step += 1
             sums.add(loss, nll, kl, batch.size)
@@ -203,7 +208,8 @@ class _Session:
 def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume: bool = False,
           force: bool = False, quiet: bool = False, log_json: Path | None = None,
           comm: Comm | None = None, extend_to: int | None = None) -> RunDir | None:
-    """Train (or resume) a Mult-VAE on the dataset directory ``data`` into run directory ``out``.
+    """Train (or resume) a Mult-VAE or RecVAE (``model.name``) on the dataset directory
+    ``data`` into run directory ``out``.
 
     With ``resume`` the run's own stored settings are used, not ``settings``; ``extend_to``
     raises its epoch count. With ``force`` over an existing run, the new run is built under a
@@ -244,7 +250,8 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
         run = RunDir.create(target, settings, dataset) if chief else None
         comm.barrier()
     t = settings.train
-    trainer = Trainer(settings, dataset.n_items, comm, precision_policy(t.amp, backend))
+    trainer = make_trainer(settings, dataset.n_items, comm, precision_policy(t.amp, backend),
+                           steps)
     if resume:
         progress = run.load_checkpoint(trainer.model, trainer.optimizer)
         if progress.best_metric is None and run.best and run.best["step"] <= progress.step:
