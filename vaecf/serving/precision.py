@@ -23,8 +23,7 @@ _KERAS_DTYPE = {"bf16": "bfloat16"}
 
 def at_precision(model: Any, precision: str) -> Any:
     """``model`` (a MultVAE or RecVAE) itself for fp32, else a copy whose weights are stored
-    and used in
-    ``precision``.
+    and used in ``precision``.
 
     Raises:
         VaecfError: an unknown precision.
