@@ -157,6 +157,11 @@ def train(
                        patience=patience, checkpoint_every=checkpoint_every, seed=seed,
                        amp=amp, xla=xla, backend=backend)
     settings = load_settings(config, model=model_flags, train=train_flags, recvae=recvae_flags)
+    _warn_unused(settings.model.name, {"--activation": activation, "--noise-std": noise_std,
+                                       "--anneal-cap": anneal_cap,
+                                       "--anneal-steps": anneal_steps,
+                                       "--anneal-fraction": anneal_fraction},
+                 {"--" + k.replace("_", "-"): v for k, v in recvae_flags.items()})
     if resume:
         _refuse_changed_flags(out, {"model": model_flags, "train": train_flags,
                                     "recvae": recvae_flags})
@@ -178,6 +183,18 @@ def train(
     # process exits 130 instead.
     if run is not None and run.status == "interrupted" and not under_launcher():
         raise typer.Exit(130)
+
+
+def _warn_unused(model: str, multvae_only: dict[str, object],
+                 recvae_only: dict[str, object]) -> None:
+    """Say which given flags the chosen model does not use, rather than ignore them."""
+    import logging
+
+    unused = multvae_only if model == "recvae" else recvae_only
+    given = [flag for flag, value in unused.items() if value is not None]
+    if given:
+        logging.getLogger("vaecf").warning("warning: %s not used by --model %s",
+                                           ", ".join(given), model)
 
 
 # What --resume may change: how far to train and where the arrays live, nothing the model or
