@@ -11,10 +11,12 @@ import typer
 # Each command module registers its commands on import.
 from vaecf.cli import bench_inference as _bench_inference  # noqa: F401
 from vaecf.cli import bench_prepare as _bench_prepare  # noqa: F401
+from vaecf.cli import bench_serve as _bench_serve  # noqa: F401
 from vaecf.cli import bench_train as _bench_train  # noqa: F401
 from vaecf.cli import export as _export  # noqa: F401
 from vaecf.cli import prepare as _prepare  # noqa: F401
 from vaecf.cli import recommend as _recommend  # noqa: F401
+from vaecf.cli import serve as _serve  # noqa: F401
 from vaecf.cli import test as _test  # noqa: F401
 from vaecf.cli import train as _train  # noqa: F401
 from vaecf.cli.common import app, install_logging

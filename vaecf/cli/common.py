@@ -21,7 +21,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 bench_app = typer.Typer(
-    help="Benchmarks that print throughput numbers (prepare, train, inference).",
+    help="Benchmarks that print throughput numbers (prepare, train, inference, serve).",
     no_args_is_help=True,
 )
 app.add_typer(bench_app, name="bench")

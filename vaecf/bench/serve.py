@@ -1,0 +1,424 @@
+"""``vaecf bench serve``: the HTTP service under load, measured from outside.
+
+The server is the real one (``python -m vaecf serve`` in a subprocess on a free 127.0.0.1 port,
+this checkout's code), driven by async clients in this process, each with one keep-alive
+connection: :class:`H11Client` (h11 over asyncio streams) by default, or ``httpx.AsyncClient``
+(``--client httpx``; it spends far more CPU per request than the server does). Figures:
+
+- **empty round trip**: p50 of ``GET /healthz`` from one client — what HTTP, uvicorn, the
+  middleware and the client cost with no model work;
+- per concurrency level ``c``: ``requests`` calls of ``POST /v1/recommend`` (top
+  :data:`TOP_K`) made by ``c`` clients, each sending its next request when the last one is
+  answered (closed loop); requests/s, latency p50/p90/p99 as the client sees it, errors (any
+  answer but 200, or a transport error), and the mean users per model call, from the server's
+  own ``/metrics`` (``vaecf_batch_size_users`` sum / count over the level);
+- server memory (RSS, psutil): once listening, after a warm-up of every level (the
+  reference: caches and allocator arenas are full), and at the end;
+- **in-process one-user p50**: the one-user latency ``vaecf bench inference`` reports (the
+  same :func:`vaecf.serving.recommender.score_request` call on the same users), measured in
+  this process after the server has stopped, so the two never share the CPU.
+
+Users are the run's training users (their original item ids) when its dataset directory still
+exists, else random sets of 50 items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from vaecf.errors import VaecfError
+
+TOP_K = 10
+FLOOR_CALLS = 1000
+IN_PROCESS_CALLS = 500
+START_TIMEOUT_S = 180
+REQUEST_TIMEOUT_S = 30
+_LISTENING = re.compile(r"listening on (http://\S+)")
+log = logging.getLogger("vaecf")
+_BATCH = re.compile(r"^vaecf_batch_size_users_(sum|count) (\S+)$", re.M)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+class Server:
+    """``vaecf serve`` in a subprocess; a context manager that always stops it.
+
+    Args:
+        run: the run directory.
+        args: further ``vaecf serve`` options (e.g. ["--max-batch", "64"]).
+        env: extra environment variables.
+    """
+
+    def __init__(self, run: Path | str, args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        root = str(Path(__file__).resolve().parents[2])
+        environ = {**os.environ, **(env or {})}
+        environ["PYTHONPATH"] = os.pathsep.join(
+            [root, *filter(None, environ.get("PYTHONPATH", "").split(os.pathsep))])
+        environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self.command = [sys.executable, "-m", "vaecf", "serve", "--run", str(run), "--port", "0",
+                        *(args or [])]
+        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=environ,
+                                        cwd=root)
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.url = self._wait_listening()
+
+    def _wait_listening(self) -> str:
+        found: dict[str, str] = {}
+        ready = threading.Event()
+
+        def read_stdout() -> None:
+            for line in self.process.stdout:
+                self.stdout.append(line)
+                match = _LISTENING.search(line)
+                if match and not ready.is_set():
+                    found["url"] = match.group(1)
+                    ready.set()
+            ready.set()
+
+        def read_stderr() -> None:
+            for line in self.process.stderr:
+                self.stderr.append(line)
+
+        threading.Thread(target=read_stdout, daemon=True).start()
+        threading.Thread(target=read_stderr, daemon=True).start()
+        ready.wait(START_TIMEOUT_S)
+        if "url" not in found:
+            self.stop()
+            last = ("".join(self.stderr).strip().splitlines() or ["(no output)"])[-1]
+            raise VaecfError(f"vaecf serve did not start: {last.removeprefix('error: ')}")
+        return found["url"]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss(self) -> int:
+        """Resident memory of the server, bytes."""
+        import psutil
+
+        return psutil.Process(self.pid).memory_info().rss
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, wait for the drained exit; returns the exit code (kills after ``timeout``)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def user_items(run: Any, n: int = 1000, seed: int = 0) -> list[list[Any]]:
+    """Original item ids of ``n`` users: the run's training users (first ``n``) when its
+    dataset still exists, else ``n`` random sets of 50 items."""
+    from vaecf.data.dataset import Dataset
+    from vaecf.serving.items import ItemMap
+
+    item_map = ItemMap(run.item_ids)
+    try:
+        rows = Dataset.open(run.dataset_path).train_matrix()[:n]
+        columns = [rows.indices[rows.indptr[i]: rows.indptr[i + 1]] for i in range(rows.shape[0])]
+    except VaecfError:
+        rng = np.random.default_rng(seed)
+        columns = [np.sort(rng.choice(run.n_items, min(50, run.n_items), replace=False))
+                   for _ in range(n)]
+    return [item_map.originals(c) for c in columns]
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    values = np.asarray(seconds) * 1e3
+    return {f"p{q}": float(np.percentile(values, q)) for q in (50, 90, 99)}
+
+
+def _batch_totals(metrics_text: str) -> tuple[float, float]:
+    """(sum, count) of vaecf_batch_size_users in a /metrics text."""
+    found = dict(_BATCH.findall(metrics_text))
+    return float(found.get("sum", 0)), float(found.get("count", 0))
+
+
+class H11Client:
+    """One keep-alive HTTP/1.1 connection: h11 (the protocol engine httpx is built on) over
+    asyncio streams. The default load client: it costs ~0.1 ms of CPU per request here, where an
+    ``httpx.AsyncClient`` costs 1.5-3 ms, several times what the server itself spends, so with
+    httpx on a 2-core machine the benchmark would mostly measure httpx."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        import h11
+
+        self._h11 = h11
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port
+        self.headers = [("host", parts.netloc), *(headers or {}).items()]
+        self._conn: Any = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def _connect(self) -> None:
+        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        self._conn = self._h11.Connection(self._h11.CLIENT)
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        """(status, body) of one request; reconnects if the server closed the connection."""
+        h11 = self._h11
+        if self._conn is None or self._conn.our_state is not h11.IDLE:
+            await self.aclose()
+            await self._connect()
+        headers = [*self.headers, ("content-length", str(len(body)))]
+        if body:
+            headers.append(("content-type", "application/json"))
+        conn = self._conn
+        self._writer.write(conn.send(h11.Request(method=method, target=path, headers=headers))
+                           + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+        status, chunks = 0, []
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await self._reader.read(1 << 16)
+                if not data:
+                    raise ConnectionError("the server closed the connection")
+                conn.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionError("the server closed the connection")
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        return status, b"".join(chunks)
+
+    async def aclose(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+        self._conn = self._reader = self._writer = None
+
+
+class HttpxClient:
+    """The same interface over an ``httpx.AsyncClient`` with one keep-alive connection."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        import httpx
+
+        self._client = httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S,
+                                         headers={"content-type": "application/json",
+                                                  **(headers or {})},
+                                         limits=httpx.Limits(max_connections=1))
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        response = await self._client.request(method, path, content=body or None)
+        return response.status_code, response.content
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+CLIENTS = {"h11": H11Client, "httpx": HttpxClient}
+
+
+async def _drive(url: str, bodies: list[bytes], concurrency: int, requests: int,
+                 client: str = "h11", headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """``requests`` POST /v1/recommend of ``bodies`` (JSON, encoded beforehand, used in turn)
+    from ``concurrency`` closed-loop clients, each with its own keep-alive connection."""
+    make = CLIENTS[client]
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    issued = 0
+
+    async def worker() -> None:
+        nonlocal issued
+        http = make(url, headers)
+        try:
+            while issued < requests:
+                body = bodies[issued % len(bodies)]
+                issued += 1
+                start = time.perf_counter()
+                try:
+                    status, _ = await asyncio.wait_for(
+                        http.request("POST", "/v1/recommend", body), REQUEST_TIMEOUT_S)
+                    kind = None if status == 200 else str(status)
+                except Exception as error:  # noqa: BLE001 - any failure counts as an error
+                    kind = type(error).__name__
+                    await http.aclose()
+                    http = make(url, headers)
+                latencies.append(time.perf_counter() - start)
+                if kind is not None:
+                    errors[kind] = errors.get(kind, 0) + 1
+        finally:
+            await http.aclose()
+
+    async def batch_totals() -> tuple[float, float]:
+        scrape = make(url, headers)  # a fresh connection: an idle one may have timed out
+        try:
+            return _batch_totals((await scrape.request("GET", "/metrics"))[1].decode())
+        finally:
+            await scrape.aclose()
+
+    before = await batch_totals()
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - start
+    after = await batch_totals()
+    calls = after[1] - before[1]
+    return {
+        "concurrency": concurrency, "requests": len(latencies), "seconds": seconds,
+        "requests_per_s": len(latencies) / seconds,
+        "latency_ms": _percentiles(latencies),
+        "mean_batch_size": (after[0] - before[0]) / calls if calls else 0.0,
+        "model_calls": int(calls),
+        "errors": sum(errors.values()), "error_kinds": errors,
+    }
+
+
+async def _floor(url: str, calls: int, client: str = "h11",
+                 headers: dict[str, str] | None = None) -> dict[str, float]:
+    """Latency of GET /healthz from one client (the HTTP round trip with no model work)."""
+    http = CLIENTS[client](url, headers)
+    latencies = []
+    try:
+        for _ in range(calls // 10):
+            await http.request("GET", "/healthz")
+        for _ in range(calls):
+            start = time.perf_counter()
+            status, _ = await http.request("GET", "/healthz")
+            latencies.append(time.perf_counter() - start)
+            if status != 200:
+                raise VaecfError(f"GET /healthz answered {status}")
+    finally:
+        await http.aclose()
+    return _percentiles(latencies)
+
+
+def in_process_p50(run: Any, users: list[list[Any]], calls: int = IN_PROCESS_CALLS
+                   ) -> dict[str, float]:
+    """One-user latency of :func:`score_request` in this process (as ``vaecf bench inference``
+    times it: the user's CSR built beforehand), over ``calls`` calls after 20 warm-up calls."""
+    from vaecf.serving.items import ItemMap, Request, request_from_ids
+    from vaecf.serving.recommender import Recommender, score_request
+
+    recommender = Recommender(run.load_model(), ItemMap(run.item_ids))
+    requests = [request_from_ids([str(i) for i in items], recommender.item_map)
+                for items in users[: min(calls, len(users))]]
+    for request in requests[:20]:
+        score_request(recommender, Request(None, request.seen), TOP_K)
+    latencies = []
+    for i in range(calls):
+        seen = requests[i % len(requests)].seen
+        start = time.perf_counter()
+        score_request(recommender, Request(None, seen), TOP_K)
+        latencies.append(time.perf_counter() - start)
+    return _percentiles(latencies)
+
+
+def run(run_path: Path | str, concurrency: list[int], requests: int = 2000,
+        server_args: list[str] | None = None, client: str = "h11") -> dict[str, Any]:
+    """Start the server, measure it (see the module docstring), stop it; returns the figures.
+
+    Raises:
+        VaecfError: not a usable run, a bad level, or the server failed to start.
+    """
+    from vaecf.model.rundir import RunDir
+
+    if client not in CLIENTS:
+        raise VaecfError(f"--client: unknown client {client!r} (choose {', '.join(CLIENTS)})")
+    if not concurrency or min(concurrency) < 1 or requests < max(concurrency):
+        raise VaecfError("--concurrency needs positive levels and --requests at least the "
+                         "largest level")
+    run_dir = RunDir.open(run_path)
+    if run_dir.best is None:
+        raise VaecfError(f"{run_path}: the run has no best weights yet")
+    load_before = os.getloadavg()
+    users = user_items(run_dir)
+    bodies = [json.dumps({"items": items, "k": TOP_K}).encode() for items in users]
+    log.info(f"starting vaecf serve on {run_path} ({run_dir.n_items:,} items; {len(users):,} "
+             f"users with {np.mean([len(u) for u in users]):.1f} items on average)...")
+    with Server(run_path, server_args) as server:
+        rss_started = server.rss()
+        log.info(f"server pid {server.pid} at {server.url}; warming up every level...")
+        for level in concurrency:
+            asyncio.run(_drive(server.url, bodies, level, max(200, 4 * level), client))
+        rss_warm = server.rss()
+        log.info(f"timing {FLOOR_CALLS} empty round trips (GET /healthz)...")
+        floor = asyncio.run(_floor(server.url, FLOOR_CALLS, client))
+        levels = []
+        for level in concurrency:
+            log.info(f"{requests:,} requests from {level} concurrent client(s)...")
+            result = asyncio.run(_drive(server.url, bodies, level, requests, client))
+            lat = result["latency_ms"]
+            log.info(f"  {result['requests_per_s']:,.0f} requests/s, p50 {lat['p50']:.2f} ms, "
+                     f"p99 {lat['p99']:.2f} ms, {result['mean_batch_size']:.1f} users per model "
+                     f"call, {result['errors']} errors")
+            levels.append(result)
+        rss_after = server.rss()
+        exit_code = server.stop()
+    log.info(f"server stopped (exit code {exit_code}); timing {IN_PROCESS_CALLS} in-process "
+             "one-user calls...")
+    in_process = in_process_p50(run_dir, users)
+
+    one = next((r for r in levels if r["concurrency"] == 1), None)
+    top = max(levels, key=lambda r: r["concurrency"])
+    checks: dict[str, Any] = {
+        "zero_errors": all(r["errors"] == 0 for r in levels),
+        "memory_after_over_warm": rss_after / rss_warm,
+    }
+    if one is not None and top is not one:
+        checks[f"speedup_{top['concurrency']}_vs_1"] = (top["requests_per_s"]
+                                                       / one["requests_per_s"])
+        checks[f"p99_ms_at_{top['concurrency']}"] = top["latency_ms"]["p99"]
+    if one is not None:
+        bound = 1.5 * in_process["p50"] + floor["p50"]
+        checks["one_client_p50_ms"] = one["latency_ms"]["p50"]
+        checks["one_client_p50_bound_ms"] = bound
+    return {
+        "run": str(run_path), "items": run_dir.n_items,
+        "hidden": run_dir.meta["model"]["hidden"], "latent": run_dir.meta["model"]["latent"],
+        "cpu": cpu_model(), "cores": os.cpu_count(), "date": date.today().isoformat(),
+        "top_k": TOP_K, "requests_per_level": requests, "client": client,
+        "server_args": server_args or [], "server_exit_code": exit_code,
+        "empty_round_trip_ms": floor, "in_process_one_user_ms": in_process,
+        "levels": levels,
+        # The 1-minute load average of the machine (other processes compete for the cores).
+        "load_average": {"before": load_before[0], "after": os.getloadavg()[0]},
+        "rss_mb": {"listening": rss_started / 1e6, "warm": rss_warm / 1e6,
+                   "after": rss_after / 1e6},
+        "checks": checks,
+    }

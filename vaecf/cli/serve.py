@@ -1,0 +1,121 @@
+"""``vaecf serve``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vaecf.cli.common import app, summary
+
+MAX_K = 1000  # vaecf.serving.http.MAX_K, without importing FastAPI for --help
+
+# Paragraphs after the first keep their line breaks in Typer's rich help: one source string each.
+HELP = (
+    "Serve a trained run over HTTP: JSON recommendations for users given as the items they "
+    "interacted with, concurrent requests batched into shared model calls (dynamic batching)."
+    "\n\n"
+    "Endpoints: POST /v1/recommend, POST /v1/recommend:batch, GET /v1/model, GET /healthz, "
+    "GET /readyz, GET /metrics (Prometheus); the OpenAPI schema is at /openapi.json, browsable "
+    "at /docs. The model is loaded and warmed up before the server says where it listens. "
+    "SIGTERM or Ctrl-C stops accepting, finishes the requests in flight and exits 0."
+    "\n\n"
+    "[bold]Who gets in:[/] it listens on 127.0.0.1 (this machine only) by default. Any other "
+    "--host needs an API key, --api-key-env NAME (clients send [bold]Authorization: Bearer "
+    "KEY[/]), or an explicit --no-auth."
+    "\n\n"
+    "Examples:\n"
+    "[bold]vaecf serve --run runs/ml[/]\n"
+    "[bold]API_KEY=$(openssl rand -hex 32) vaecf serve --run runs/ml --host 0.0.0.0 "
+    "--api-key-env API_KEY[/]"
+)
+
+
+@app.command(help=HELP, short_help=summary(HELP))
+def serve(
+    run: Annotated[Path, typer.Option("--run", help="Run directory written by `vaecf train`.",
+                                      file_okay=False)] = ...,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on. Anything but a loopback address needs "
+        "--api-key-env or --no-auth.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(
+        "--port", help="TCP port, 0-65535 (0: any free port, printed at start).")] = 8000,
+    max_batch: Annotated[int, typer.Option(
+        "--max-batch", help="Most users scored in one model call (1-4096).")] = 256,
+    max_wait_ms: Annotated[float, typer.Option(
+        "--max-wait-ms", help="Longest a batch waits to fill, in milliseconds (0-1000; it "
+        "closes sooner once as large as the previous one).")] = 2.0,
+    max_queue: Annotated[int, typer.Option(
+        "--max-queue", help="Most users waiting for the model (>= 1); beyond it requests get "
+        "503 with Retry-After.")] = 1024,
+    top_k: Annotated[int, typer.Option(
+        "--top-k", help="Items per user when a request gives no k (1-1000).")] = 10,
+    api_key_env: Annotated[str | None, typer.Option(
+        "--api-key-env", help="Require 'Authorization: Bearer KEY' on every endpoint but "
+        "/healthz, /readyz and the API docs, with KEY read from this environment variable.",
+        show_default=False)] = None,
+    no_auth: Annotated[bool, typer.Option(
+        "--no-auth", help="Allow a non-loopback --host without an API key (anyone who can "
+        "reach the port can use it).")] = False,
+) -> None:
+    import ipaddress
+    import os
+    import time
+
+    from vaecf.errors import VaecfError
+
+    for flag, value, low, high in (("--port", port, 0, 65535), ("--max-batch", max_batch, 1, 4096),
+                                   ("--max-wait-ms", max_wait_ms, 0, 1000),
+                                   ("--max-queue", max_queue, 1, None),
+                                   ("--top-k", top_k, 1, MAX_K)):
+        if value < low or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise VaecfError(f"{flag} {value:g}: must be {bounds}")
+    if api_key_env is not None and no_auth:
+        raise VaecfError("give --api-key-env NAME or --no-auth, not both")
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env, "")
+        if not api_key.strip():
+            raise VaecfError(f"--api-key-env: environment variable {api_key_env} is not set "
+                             "or empty")
+        api_key = api_key.strip()
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and api_key is None and not no_auth:
+        raise VaecfError(f"--host {host} is reachable from other machines: give "
+                         "--api-key-env NAME (clients send 'Authorization: Bearer KEY') or "
+                         "--no-auth")
+
+    from vaecf.model.rundir import RunDir
+    from vaecf.serving.http import ServeConfig, bind, create_app, model_info, warm_up
+    from vaecf.serving.http import serve as serve_app
+    from vaecf.serving.items import ItemMap
+    from vaecf.serving.recommender import Recommender
+
+    run_dir = RunDir.open(run)
+    if run_dir.best is None:
+        raise VaecfError(f"{run}: the run has no best weights yet (no validation finished)")
+    if top_k > run_dir.n_items:
+        raise VaecfError(f"--top-k {top_k} is more than the model's {run_dir.n_items:,} items")
+    sock = bind(host, port)
+    start = time.perf_counter()
+    recommender = Recommender(run_dir.load_model(), ItemMap(run_dir.item_ids))
+    warm_up(recommender, max_batch, top_k)
+    config = ServeConfig(max_batch, max_wait_ms, max_queue, top_k, api_key)
+    info = model_info(run_dir, recommender)
+    application = create_app(recommender, info, config)
+    auth = (f"API key from ${api_key_env}" if api_key is not None
+            else "none" + (" (--no-auth)" if no_auth else " (loopback only)"))
+
+    def listening(url: str) -> None:
+        print(f"vaecf serve: {run} ({info['items']:,} items, H={info['hidden']}, "
+              f"L={info['latent']}, best epoch {info['best_epoch']}) loaded and warmed up in "
+              f"{time.perf_counter() - start:.1f} s; batches of up to {max_batch} users, wait "
+              f"<= {max_wait_ms:g} ms, queue {max_queue:,}; auth: {auth}", flush=True)
+        print(f"listening on {url}", flush=True)
+
+    serve_app(application, sock, listening)

@@ -1,0 +1,583 @@
+"""``vaecf serve``: a trained run behind an HTTP/JSON API (FastAPI on uvicorn).
+
+Endpoints (the OpenAPI schema is at ``/openapi.json``, browsable at ``/docs``):
+
+- ``POST /v1/recommend`` ``{"items": [...], "k": 10, "exclude_seen": true}`` →
+  ``{"items": [...], "scores": [...], "unknown": [...]}``: one user, as
+  ``vaecf recommend --user-items`` (same parsing, same scoring call, scores rounded to 6 decimals
+  as its JSON output);
+- ``POST /v1/recommend:batch`` ``{"users": [{"items": [...]}, ...], "k": 10, "exclude_seen":
+  true}`` → ``{"results": [...]}`` one answer per user, in order;
+- ``GET /v1/model``: model kind and sizes, item count, dataset fingerprint, best epoch, metrics;
+- ``GET /healthz`` (the process answers), ``GET /readyz`` (model loaded and warmed, not
+  shutting down), ``GET /metrics`` (Prometheus text format).
+
+Every user goes through the :class:`vaecf.serving.batcher.Batcher`, so concurrent requests share
+model calls. Errors are JSON ``{"error": "..."}``: 400 malformed JSON, 401 missing or wrong API
+key, 404/405 unknown path or method, 413 body over :data:`MAX_BODY_BYTES`, 422 a field with a wrong
+type or out of range, or a user none of whose items the model knows, 503 (with ``Retry-After``)
+queue full.
+
+When an API key is set, every path except ``/healthz``, ``/readyz``, ``/docs`` and
+``/openapi.json`` needs ``Authorization: Bearer KEY``, compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import scipy.sparse
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vaecf.errors import VaecfError
+from vaecf.serving.batcher import Batcher, Job, Overloaded, score_jobs
+from vaecf.serving.items import ItemMap, request_from_ids
+from vaecf.serving.items import Request as UserRequest
+from vaecf.serving.recommender import Recommender
+
+MAX_BODY_BYTES = 1 << 20
+MAX_ITEMS_PER_USER = 10_000
+MAX_USERS_PER_REQUEST = 1_000
+MAX_K = 1_000
+MAX_ID_CHARS = 256
+RETRY_AFTER_S = 1
+# Paths anyone may read when an API key is set (probes and the API's own description).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+ENDPOINTS = ("/v1/recommend", "/v1/recommend:batch", "/v1/model", "/healthz", "/readyz",
+             "/metrics")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+                   0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+# An item id: an integer in int64 or a non-empty string, trimmed as --user-items trims (checked
+# by pydantic's core, not Python code per item: ~40 us for 180 ids).
+ItemId = (Annotated[StrictInt, Field(ge=INT64[0], le=INT64[1])]
+          | Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1,
+                                                   max_length=MAX_ID_CHARS)])
+_UNION_TAGS = frozenset({"constrained-int", "constrained-str", "int", "str"})
+Items = Annotated[list[ItemId], Field(
+    min_length=1, max_length=MAX_ITEMS_PER_USER,
+    description="Original ids of the items the user interacted with (integers or strings, as "
+    "in the training input).", examples=[[1, 260, 1196]])]
+K = Annotated[StrictInt | None, Field(
+    ge=1, le=MAX_K, description="Items to return (default: the server's --top-k; at most "
+    f"{MAX_K} and the model's item count).")]
+ExcludeSeen = Annotated[StrictBool, Field(
+    description="Never recommend the user's own items.")]
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: Items
+    k: K = None
+    exclude_seen: ExcludeSeen = True
+
+
+class BatchUser(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: Items
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    users: Annotated[list[BatchUser], Field(min_length=1, max_length=MAX_USERS_PER_REQUEST)]
+    k: K = None
+    exclude_seen: ExcludeSeen = True
+
+
+class Recommendation(BaseModel):
+    items: list[int | str] = Field(description="Recommended original item ids, best first.")
+    scores: list[float] = Field(description="Their scores (decoder logits), 6 decimals.")
+    unknown: list[str] = Field(description="Given ids the model does not know (skipped).")
+
+
+class BatchResponse(BaseModel):
+    results: list[Recommendation]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 422, 503)}
+
+
+@dataclass
+class ServeConfig:
+    """What ``vaecf serve`` was asked for (see its --help)."""
+
+    max_batch: int = 256
+    max_wait_ms: float = 2.0
+    max_queue: int = 1024
+    top_k: int = 10
+    api_key: str | None = None
+
+
+class Metrics:
+    """Prometheus series in a registry of their own (one per app)."""
+
+    def __init__(self, max_batch: int) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("vaecf_http_requests", "HTTP requests answered.",
+                                ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("vaecf_http_request_duration_seconds",
+                                 "Time from request to the end of the response.", ["endpoint"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        sizes = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, max_batch})
+        self.batch_size = Histogram("vaecf_batch_size_users", "Users per model call.",
+                                    buckets=[s for s in sizes if s <= max_batch],
+                                    registry=self.registry)
+        self.batch_seconds = Histogram("vaecf_batch_duration_seconds",
+                                       "Time of one model call (scoring, top-k, id mapping).",
+                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.queue_depth = Gauge("vaecf_queue_depth", "Users waiting for a model call.",
+                                 registry=self.registry)
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def observe_batch(self, users: int, seconds: float) -> None:
+        self.batch_size.observe(users)
+        self.batch_seconds.observe(seconds)
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
+
+
+async def _send_error(send: Callable, status: int, message: str,
+                      headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"error": message}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """ASGI middleware in front of every route: counts and times each request for /metrics,
+    checks the API key, and refuses bodies over ``max_body`` bytes before they reach JSON
+    parsing (by Content-Length, or by counting a chunked body); bodies are read as JSON whatever
+    their Content-Type."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, api_key: str | None,
+                 max_body: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.api_key = api_key.encode() if api_key else None
+        self.max_body = max_body
+
+    def _authorized(self, scope: dict) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(),
+                                                                           self.api_key)
+        return False
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        path = scope["path"]
+        status = 499  # the client went away before an answer started
+
+        async def counted_send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self.api_key is not None and path not in OPEN_PATHS \
+                    and not self._authorized(scope):
+                await _send_error(counted_send, 401, "missing or wrong API key: send "
+                                  "'Authorization: Bearer KEY'", {"www-authenticate": "Bearer"})
+                return
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                body = await self._read_body(scope, receive)
+                if body is None:
+                    await _send_error(counted_send, 413, f"request body is larger than "
+                                      f"{self.max_body:,} bytes")
+                    return
+                receive = _replay(body, receive)
+                # Every body is read as JSON, whatever Content-Type the client sent (curl -d
+                # sends a form type); a body that is not JSON gets 400 "malformed JSON".
+                scope = {**scope, "headers": [
+                    *(h for h in scope["headers"] if h[0] != b"content-type"),
+                    (b"content-type", b"application/json")]}
+            await self.app(scope, receive, counted_send)
+        finally:
+            self.metrics.observe_request(path if path in ENDPOINTS else "other", status,
+                                         time.perf_counter() - start)
+
+    async def _read_body(self, scope: dict, receive: Callable) -> bytes | None:
+        """The whole body, or None when it is over the limit."""
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
+                return None
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Callable) -> Callable:
+    """An ASGI receive that gives ``body`` once, then waits on the real one (disconnects)."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _error_location(loc: tuple) -> str:
+    """("body", "users", 2, "items", 0) -> "users[2].items[0]"."""
+    text = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
+
+
+def _item_problem(value: Any, errors: list[dict]) -> str:
+    """One message for an item id that matched neither branch of :data:`ItemId`."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"item id {value} is outside the 64-bit integer range"
+    if isinstance(value, str):
+        for error in errors:
+            if error["type"].startswith("string_"):
+                return ("an item id is an empty string" if error["type"] == "string_too_short"
+                        else f"an item id is longer than {MAX_ID_CHARS} characters")
+    return (f"an item id is an integer or a string, not {type(value).__name__} "
+            f"{json.dumps(value)[:40]}")
+
+
+def _validation_message(error: RequestValidationError) -> tuple[int, str]:
+    """(status, one line) for a FastAPI validation error: 400 for unparsable JSON or a body that
+    is not an object, else 422 naming the first field at fault."""
+    errors = list(error.errors())
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    if first.get("type") == "json_invalid":
+        detail = first.get("ctx", {}).get("error", "")
+        return 400, f"malformed JSON: {detail}".rstrip(": ")
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "missing" and loc == ("body",):
+        return 400, "the request needs a JSON body"
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    count = len(errors)
+    if loc and loc[-1] in _UNION_TAGS:
+        # An item id fails both branches of the union: one problem, one message.
+        loc = loc[:-1]
+        same = [e for e in errors if tuple(e["loc"])[:-1] == loc]
+        msg, count = _item_problem(first.get("input"), same), count - len(same) + 1
+    location = _error_location(loc)
+    if location == "body":
+        return 400, f"the body must be a JSON object: {msg}"
+    more = f" (and {count - 1} more problem(s))" if count > 1 else ""
+    return 422, f"{location}: {msg}{more}"
+
+
+def model_info(run: Any, recommender: Recommender) -> dict[str, Any]:
+    """What ``GET /v1/model`` answers, from the run directory."""
+    model = recommender.model
+    best = run.best or {}
+    return {
+        "kind": "Mult-VAE",
+        "items": recommender.item_map.n_items,
+        "hidden": int(model.hidden),
+        "latent": int(model.latent),
+        "activation": run.meta["model"].get("activation"),
+        "item_id_type": str(recommender.item_map.ids.type),
+        "dataset_fingerprint": run.dataset_fingerprint,
+        "train_users": run.meta["dataset"].get("train_users"),
+        "status": run.status,
+        "created": run.meta.get("created"),
+        "best_epoch": best.get("epoch"),
+        "best_step": best.get("step"),
+        "metrics": best.get("metrics", {}),
+        "versions": run.meta.get("versions", {}),
+    }
+
+
+def warm_up(recommender: Recommender, max_batch: int, top_k: int) -> None:
+    """Trace the scoring graph and run every power-of-two batch size up to ``max_batch``
+    through the path requests take, so no request pays for tracing or first-use setup."""
+    n_items = recommender.item_map.n_items
+    rng = np.random.default_rng(0)
+    size = 1
+    while True:
+        cols = np.sort(rng.choice(n_items, size=min(5, n_items), replace=False))
+        seen = scipy.sparse.csr_matrix((np.ones(cols.size, np.float32), cols,
+                                        [0, cols.size]), shape=(1, n_items))
+        jobs = [Job(UserRequest(None, seen), top_k, True) for _ in range(size)]
+        score_jobs(recommender, jobs)
+        if size >= max_batch:
+            break
+        size = min(2 * size, max_batch)
+    score_jobs(recommender, [Job(UserRequest(None, seen), top_k, False)])
+
+
+def create_app(recommender: Recommender, info: dict[str, Any], config: ServeConfig) -> FastAPI:
+    """The ASGI app serving ``recommender`` (already warmed up, see :func:`warm_up`)."""
+    item_map: ItemMap = recommender.item_map
+    metrics = Metrics(config.max_batch)
+    state: dict[str, Any] = {"batcher": None, "draining": False}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        batcher = Batcher(recommender, config.max_batch, config.max_wait_ms / 1e3,
+                          config.max_queue, metrics.observe_batch)
+        metrics.queue_depth.set_function(lambda: batcher.depth)
+        batcher.start()
+        state["batcher"] = batcher
+        try:
+            yield
+        finally:
+            state["draining"] = True
+            await batcher.stop()
+
+    app = FastAPI(
+        title="vaecf", version="1",
+        summary="Mult-VAE recommendations for users given as the items they interacted with.",
+        lifespan=lifespan,
+        responses=ERRORS,
+    )
+    app.state.serve = state
+    app.add_middleware(Guard, metrics=metrics, api_key=config.api_key)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        status, message = _validation_message(error)
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, error: StarletteHTTPException) -> Response:
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_request: Request, _error: Overloaded) -> JSONResponse:
+        return JSONResponse({"error": f"server busy: more than {config.max_queue:,} users are "
+                             "waiting; retry later"}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.exception_handler(VaecfError)
+    async def _unusable(_request: Request, error: VaecfError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=422)
+
+    def check_k(k: int | None) -> int:
+        k = config.top_k if k is None else k
+        if k > item_map.n_items:
+            raise VaecfError(f"k: {k} is more than the model's {item_map.n_items:,} items")
+        return k
+
+    def job(items: list[int | str], k: int, exclude_seen: bool, source: str) -> Job:
+        request = request_from_ids([str(i) for i in items], item_map, source)
+        return Job(request, k, exclude_seen)
+
+    def answer(job_: Job, result: tuple[list[Any], list[float]]) -> dict[str, Any]:
+        items, scores = result
+        return {"items": items, "scores": [round(float(s), 6) for s in scores],
+                "unknown": job_.request.unknown}
+
+    async def run(jobs: list[Job]) -> list[tuple[list[Any], list[float]]]:
+        batcher: Batcher | None = state["batcher"]
+        if batcher is None or not batcher.running:
+            raise Overloaded()
+        return await batcher.submit(jobs)
+
+    # Bodies are parsed by pydantic's own JSON parser straight into the model (about half the
+    # time of FastAPI's json.loads + validation); the schema is declared for OpenAPI by hand.
+    @app.post("/v1/recommend", response_model=Recommendation, tags=["recommend"],
+              openapi_extra=_body_schema(RecommendRequest))
+    async def recommend(request: Request) -> JSONResponse:
+        """Top-k items for one user (the same answer as `vaecf recommend --user-items`)."""
+        body = _parse(RecommendRequest, await request.body())
+        one = job(body.items, check_k(body.k), body.exclude_seen, "items")
+        (result,) = await run([one])
+        return JSONResponse(answer(one, result))
+
+    @app.post("/v1/recommend:batch", response_model=BatchResponse, tags=["recommend"],
+              openapi_extra=_body_schema(BatchRequest))
+    async def recommend_batch(request: Request) -> JSONResponse:
+        """Top-k items for each of many users, in order; refused whole (422 naming the user) if
+        any user has no item the model knows."""
+        body = _parse(BatchRequest, await request.body())
+        if len(body.users) > config.max_queue:
+            raise VaecfError(f"users: {len(body.users):,} users is more than the server's queue "
+                             f"holds ({config.max_queue:,}); send fewer per request")
+        k = check_k(body.k)
+        jobs = [job(user.items, k, body.exclude_seen, f"users[{i}].items")
+                for i, user in enumerate(body.users)]
+        results = await run(jobs)
+        return JSONResponse({"results": [answer(j, r) for j, r in zip(jobs, results,
+                                                                      strict=True)]})
+
+    @app.get("/v1/model", tags=["model"])
+    async def model() -> dict[str, Any]:
+        """The served run: model kind and sizes, item count, dataset fingerprint, best epoch and
+        its validation metrics, and this server's batching settings."""
+        return {**info, "serving": {"max_batch": config.max_batch,
+                                    "max_wait_ms": config.max_wait_ms,
+                                    "max_queue": config.max_queue, "top_k": config.top_k}}
+
+    @app.get("/healthz", tags=["probes"])
+    async def healthz() -> dict[str, str]:
+        """The process is up and answering."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["probes"], responses={503: {"model": ErrorResponse}})
+    async def readyz() -> JSONResponse:
+        """The model is loaded and warmed and the server is not shutting down."""
+        batcher: Batcher | None = state["batcher"]
+        if state["draining"] or batcher is None or not batcher.running:
+            return JSONResponse({"error": "not ready" if not state["draining"]
+                                 else "shutting down"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["probes"], response_class=Response)
+    async def prometheus() -> Response:
+        """Prometheus text format: requests by endpoint and status, latency histogram,
+        batch-size histogram, queue depth."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                                 routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model_ in (RecommendRequest, BatchRequest):
+                body_schema = model_.model_json_schema(ref_template=_REF)
+                components.update(body_schema.pop("$defs", {}))
+                components[model_.__name__] = body_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app
+
+
+_REF = "#/components/schemas/{model}"
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` of an endpoint whose JSON body is ``model``."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": _REF.format(model=model.__name__)}}}}}
+
+
+def _parse(model: type[BaseModel], body: bytes) -> Any:
+    """``body`` as ``model``; a validation error as FastAPI's, so one handler words both."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors(include_url=False)) from None
+
+
+def bind(host: str, port: int):
+    """A listening TCP socket on host:port (port 0: any free one).
+
+    Raises:
+        VaecfError: the address cannot be used (in use, not this machine's, no permission).
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise VaecfError(f"--host: cannot resolve {host!r}: {error.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        raise VaecfError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app: FastAPI, sock: Any, on_listening: Callable[[str], None],
+          graceful_timeout_s: int = 30) -> None:
+    """Run ``app`` on the bound socket until SIGTERM or Ctrl-C; then stop accepting, finish the
+    requests in flight (up to ``graceful_timeout_s``), and return normally. A second Ctrl-C
+    stops at once."""
+    import signal
+
+    import uvicorn
+
+    state = app.state.serve
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not state["draining"]:
+                print("vaecf serve: stopping; finishing the requests in flight", flush=True)
+            state["draining"] = True
+            super().handle_exit(sig, frame)
+
+        async def startup(self, sockets: list | None = None) -> None:
+            await super().startup(sockets)
+            if not self.should_exit:
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                on_listening(f"http://{shown}:{port}")
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=graceful_timeout_s,
+                            loop="auto", http="auto", server_header=False)
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with these
+    # handlers in place that re-raise is a no-op, so a drained server exits 0.
+    previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        Server(config).run(sockets=[sock])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
