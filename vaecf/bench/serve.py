@@ -174,7 +174,7 @@ def _batch_totals(metrics_text: str) -> tuple[float, float]:
 
 class H11Client:
     """One keep-alive HTTP/1.1 connection: h11 (the protocol engine httpx is built on) over
-    asyncio streams. The default load client: it costs ~0.1 ms of CPU per request here, where an
+    asyncio streams. The default load client: it costs 0.15-0.3 ms of CPU per request here, where an
     ``httpx.AsyncClient`` costs 1.5-3 ms, several times what the server itself spends, so with
     httpx on a 2-core machine the benchmark would mostly measure httpx."""
 
