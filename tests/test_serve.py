@@ -219,7 +219,7 @@ def test_model_probes_metrics_and_openapi(server, serve_run):
     assert model["dataset_fingerprint"] == run["dataset"]["fingerprint"]
     assert model["best_epoch"] == run["best"]["epoch"]
     assert model["metrics"] == run["best"]["metrics"]
-    assert model["serving"]["max_batch"] == 64
+    assert model["serving"]["max_batch"] == 64 and model["precision"] == "fp32"
     assert httpx.get(server.url + "/healthz", timeout=TIMEOUT).json() == {"status": "ok"}
     assert httpx.get(server.url + "/readyz", timeout=TIMEOUT).status_code == 200
     metrics = httpx.get(server.url + "/metrics", timeout=TIMEOUT).text
@@ -258,10 +258,10 @@ def app_on_a_thread(app):
         sock.close()
 
 
-def _held_app(serve_run, **config):
+def _held_app(serve_run, precision: str = "fp32", **config):
     """The real app over a recommender whose model calls wait for ``gate``."""
     from vaecf.model.rundir import RunDir
-    from vaecf.serving.http import ServeConfig, create_app
+    from vaecf.serving.http import ServeConfig, create_app, model_info
     from vaecf.serving.items import ItemMap
     from vaecf.serving.recommender import Recommender
 
@@ -274,8 +274,8 @@ def _held_app(serve_run, **config):
             return super().top_k(*args, **kwargs)
 
     run = RunDir.open(serve_run)
-    held = Held(run.load_model(), ItemMap(run.item_ids))
-    return create_app(held, {}, ServeConfig(**config)), entered, gate
+    held = Held(run.load_model(), ItemMap(run.item_ids), precision)
+    return create_app(held, model_info(run, held), ServeConfig(**config)), entered, gate
 
 
 def test_a_full_queue_answers_503_with_retry_after(serve_run):
@@ -328,11 +328,27 @@ def test_api_key_is_enforced(serve_run):
             assert httpx.get(url + path, timeout=TIMEOUT).status_code == 200
 
 
+def test_bf16_weights_answer_as_vaecf_recommend_precision_bf16(serve_run, cli):
+    app, _, gate = _held_app(serve_run, "bf16")
+    gate.set()
+    items = user_items(1)
+    with app_on_a_thread(app) as url:
+        assert httpx.get(url + "/v1/model", timeout=TIMEOUT).json()["precision"] == "bf16"
+        got = post(url, "/v1/recommend", {"items": items, "k": 10}).json()
+    doc = json.loads(cli("recommend", "--run", serve_run, "--user-items",
+                         ",".join(map(str, items)), "--precision", "bf16", "--format",
+                         "json").out)
+    assert_same_answer(got, {"items": [r["item"] for r in doc["recommendations"]],
+                             "scores": [r["score"] for r in doc["recommendations"]],
+                             "unknown": doc["unknown_items"]})
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--host", "0.0.0.0"], "--api-key-env NAME"),
     (["--host", "0.0.0.0", "--api-key-env", "VAECF_NO_SUCH_VARIABLE"], "is not set"),
     (["--api-key-env", "X", "--no-auth"], "not both"),
     (["--top-k", "100000"], "--top-k"),
+    (["--precision", "int8"], "--precision"),
 ])
 def test_command_line_mistakes_are_one_line_exit_2(serve_run, cli, args, message):
     result = cli("serve", "--run", serve_run, *args)

@@ -328,14 +328,14 @@ async def _floor(url: str, calls: int, client: str = "h11",
     return _percentiles(latencies)
 
 
-def in_process_p50(run: Any, users: list[list[Any]], calls: int = IN_PROCESS_CALLS
-                   ) -> dict[str, float]:
+def in_process_p50(run: Any, users: list[list[Any]], calls: int = IN_PROCESS_CALLS,
+                   precision: str = "fp32") -> dict[str, float]:
     """One-user latency of :func:`score_request` in this process (as ``vaecf bench inference``
     times it: the user's CSR built beforehand), over ``calls`` calls after 20 warm-up calls."""
     from vaecf.serving.items import ItemMap, Request, request_from_ids
     from vaecf.serving.recommender import Recommender, score_request
 
-    recommender = Recommender(run.load_model(), ItemMap(run.item_ids))
+    recommender = Recommender(run.load_model(), ItemMap(run.item_ids), precision)
     requests = [request_from_ids([str(i) for i in items], recommender.item_map)
                 for items in users[: min(calls, len(users))]]
     for request in requests[:20]:
@@ -350,7 +350,8 @@ def in_process_p50(run: Any, users: list[list[Any]], calls: int = IN_PROCESS_CAL
 
 
 def run(run_path: Path | str, concurrency: list[int], requests: int = 2000,
-        server_args: list[str] | None = None, client: str = "h11") -> dict[str, Any]:
+        server_args: list[str] | None = None, client: str = "h11",
+        precision: str = "fp32") -> dict[str, Any]:
     """Start the server, measure it (see the module docstring), stop it; returns the figures.
 
     Raises:
@@ -392,7 +393,7 @@ def run(run_path: Path | str, concurrency: list[int], requests: int = 2000,
         exit_code = server.stop()
     log.info(f"server stopped (exit code {exit_code}); timing {IN_PROCESS_CALLS} in-process "
              "one-user calls...")
-    in_process = in_process_p50(run_dir, users)
+    in_process = in_process_p50(run_dir, users, precision=precision)
 
     one = next((r for r in levels if r["concurrency"] == 1), None)
     top = max(levels, key=lambda r: r["concurrency"])
@@ -413,6 +414,7 @@ def run(run_path: Path | str, concurrency: list[int], requests: int = 2000,
         "hidden": run_dir.meta["model"]["hidden"], "latent": run_dir.meta["model"]["latent"],
         "cpu": cpu_model(), "cores": os.cpu_count(), "date": date.today().isoformat(),
         "top_k": TOP_K, "requests_per_level": requests, "client": client,
+        "precision": precision,
         "server_args": server_args or [], "server_exit_code": exit_code,
         "empty_round_trip_ms": floor, "in_process_one_user_ms": in_process,
         "levels": levels,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -36,6 +36,9 @@ def bench_serve(
         "--max-wait-ms", help="The server's --max-wait-ms.")] = 2.0,
     max_queue: Annotated[int, typer.Option(
         "--max-queue", help="The server's --max-queue.")] = 1024,
+    precision: Annotated[Literal["fp32", "bf16"], typer.Option(
+        "--precision", help="The server's --precision (and the in-process figure's).")
+                         ] = "fp32",
     client: Annotated[str, typer.Option(
         "--client", help="Load client: h11 (h11 over asyncio streams, 0.15-0.3 ms of CPU per "
         "request) or httpx (httpx.AsyncClient, 1.5-3 ms per request on a 2-core machine: then "
@@ -63,11 +66,13 @@ def bench_serve(
         raise VaecfError(f"--requests {requests} is fewer than the largest concurrency level "
                          f"({max(levels)})")
     r = run_bench(run, levels, requests, ["--max-batch", str(max_batch), "--max-wait-ms",
-                                          str(max_wait_ms), "--max-queue", str(max_queue)],
-                  client)
+                                          str(max_wait_ms), "--max-queue", str(max_queue),
+                                          "--precision", precision],
+                  client, precision)
 
     table = Table(title=f"vaecf bench serve  ({r['items']:,} items, H={r['hidden']}, "
-                        f"L={r['latent']}; top {r['top_k']}; max batch {max_batch}, max wait "
+                        f"L={r['latent']}, {precision}; top {r['top_k']}; max batch "
+                        f"{max_batch}, max wait "
                         f"{max_wait_ms:g} ms; client {r['client']})")
     for name in ("clients", "requests", "requests/s", "p50 ms", "p90 ms", "p99 ms",
                  "users/model call", "errors"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -55,6 +55,10 @@ def serve(
         "--api-key-env", help="Require 'Authorization: Bearer KEY' on every endpoint but "
         "/healthz, /readyz and the API docs, with KEY read from this environment variable.",
         show_default=False)] = None,
+    precision: Annotated[Literal["fp32", "bf16"], typer.Option(
+        "--precision", help="Weights served in fp32 (as trained) or bf16 (half the memory "
+        "traffic; top lists may differ slightly, see `vaecf bench inference --precision`).")
+                         ] = "fp32",
     no_auth: Annotated[bool, typer.Option(
         "--no-auth", help="Allow a non-loopback --host without an API key (anyone who can "
         "reach the port can use it).")] = False,
@@ -103,7 +107,7 @@ def serve(
         raise VaecfError(f"--top-k {top_k} is more than the model's {run_dir.n_items:,} items")
     sock = bind(host, port)
     start = time.perf_counter()
-    recommender = Recommender(run_dir.load_model(), ItemMap(run_dir.item_ids))
+    recommender = Recommender(run_dir.load_model(), ItemMap(run_dir.item_ids), precision)
     warm_up(recommender, max_batch, top_k)
     config = ServeConfig(max_batch, max_wait_ms, max_queue, top_k, api_key)
     info = model_info(run_dir, recommender)
@@ -113,8 +117,9 @@ def serve(
 
     def listening(url: str) -> None:
         print(f"vaecf serve: {run} ({info['items']:,} items, H={info['hidden']}, "
-              f"L={info['latent']}, best epoch {info['best_epoch']}) loaded and warmed up in "
-              f"{time.perf_counter() - start:.1f} s; batches of up to {max_batch} users, wait "
+              f"L={info['latent']}, {precision}, best epoch {info['best_epoch']}) loaded and "
+              f"warmed up in {time.perf_counter() - start:.1f} s; batches of up to {max_batch} "
+              f"users, wait "
               f"<= {max_wait_ms:g} ms, queue {max_queue:,}; auth: {auth}", flush=True)
         print(f"listening on {url}", flush=True)
 

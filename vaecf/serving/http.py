@@ -331,6 +331,7 @@ def model_info(run: Any, recommender: Recommender) -> dict[str, Any]:
         "latent": int(model.latent),
         "activation": run.meta["model"].get("activation"),
         "item_id_type": str(recommender.item_map.ids.type),
+        "precision": getattr(recommender, "precision", "fp32"),
         "dataset_fingerprint": run.dataset_fingerprint,
         "train_users": run.meta["dataset"].get("train_users"),
         "status": run.status,
