@@ -213,7 +213,8 @@ def test_bad_batch_requests_and_oversized_bodies(server):
 def test_model_probes_metrics_and_openapi(server, serve_run):
     model = httpx.get(server.url + "/v1/model", timeout=TIMEOUT).json()
     run = json.loads((serve_run / "run.json").read_text())
-    assert model["kind"] == "Mult-VAE"
+    assert (model["kind"], model["model"]) == ("Mult-VAE", "multvae")
+    assert model["arguments"] == {k: v for k, v in run["model"].items() if k != "name"}
     assert (model["hidden"], model["latent"]) == (run["model"]["hidden"], run["model"]["latent"])
     assert model["items"] == run["model"]["n_items"]
     assert model["dataset_fingerprint"] == run["dataset"]["fingerprint"]
@@ -338,6 +339,26 @@ def test_bf16_weights_answer_as_vaecf_recommend_precision_bf16(serve_run, cli):
     doc = json.loads(cli("recommend", "--run", serve_run, "--user-items",
                          ",".join(map(str, items)), "--precision", "bf16", "--format",
                          "json").out)
+    assert_same_answer(got, {"items": [r["item"] for r in doc["recommendations"]],
+                             "scores": [r["score"] for r in doc["recommendations"]],
+                             "unknown": doc["unknown_items"]})
+
+
+def test_a_recvae_run_serves_too(small_dataset, tmp_path, cli):
+    run = tmp_path / "recvae"
+    trained = cli("train", "--data", small_dataset, "--out", run, "--model", "recvae",
+                  "--epochs", "1", "--batch-size", "100", "--hidden", "32", "--latent", "8",
+                  "--backend", "cpu", "--quiet")
+    assert trained.code == 0, trained.err
+    app, _, gate = _held_app(run)
+    gate.set()
+    items = user_items(7)
+    with app_on_a_thread(app) as url:
+        model = httpx.get(url + "/v1/model", timeout=TIMEOUT).json()
+        assert (model["kind"], model["model"], model["hidden"]) == ("RecVAE", "recvae", 32)
+        got = post(url, "/v1/recommend", {"items": items, "k": 10}).json()
+    doc = json.loads(cli("recommend", "--run", run, "--user-items", ",".join(map(str, items)),
+                         "--format", "json").out)
     assert_same_answer(got, {"items": [r["item"] for r in doc["recommendations"]],
                              "scores": [r["score"] for r in doc["recommendations"]],
                              "unknown": doc["unknown_items"]})

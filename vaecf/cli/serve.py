@@ -116,7 +116,7 @@ def serve(
             else "none" + (" (--no-auth)" if no_auth else " (loopback only)"))
 
     def listening(url: str) -> None:
-        print(f"vaecf serve: {run} ({info['items']:,} items, H={info['hidden']}, "
+        print(f"vaecf serve: {run} ({info['kind']}, {info['items']:,} items, H={info['hidden']}, "
               f"L={info['latent']}, {precision}, best epoch {info['best_epoch']}) loaded and "
               f"warmed up in {time.perf_counter() - start:.1f} s; batches of up to {max_batch} "
               f"users, wait "

@@ -322,14 +322,17 @@ def _validation_message(error: RequestValidationError) -> tuple[int, str]:
 
 def model_info(run: Any, recommender: Recommender) -> dict[str, Any]:
     """What ``GET /v1/model`` answers, from the run directory."""
+    from vaecf.model.registry import MODELS
+
     model = recommender.model
     best = run.best or {}
     return {
-        "kind": "Mult-VAE",
+        "kind": MODELS[run.model_name].title,
+        "model": run.model_name,
         "items": recommender.item_map.n_items,
         "hidden": int(model.hidden),
         "latent": int(model.latent),
-        "activation": run.meta["model"].get("activation"),
+        "arguments": {k: v for k, v in run.meta["model"].items() if k != "name"},
         "item_id_type": str(recommender.item_map.ids.type),
         "precision": getattr(recommender, "precision", "fp32"),
         "dataset_fingerprint": run.dataset_fingerprint,
