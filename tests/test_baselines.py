@@ -123,6 +123,7 @@ def test_cli_baselines_selects_columns(tmp_path, cli):
     assert "EASE" not in result.out
     old = json.loads((FIXTURES / "test.json").read_text())
     got = json.loads(out.read_text())
-    assert set(got) == set(old)   # the JSON of old versions, key for key
+    # The JSON of old versions, key for key, plus which model the run holds.
+    assert set(got) == set(old) | {"model_name"} and got["model_name"] == "multvae"
     assert cli("test", "--run", FIXTURES / "run", "--data", FIXTURES / "dataset",
                "--baselines", "ease,knn").code != 0

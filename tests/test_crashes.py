@@ -220,3 +220,26 @@ def test_hidden_temporaries_of_live_processes_are_left_alone(data, tmp_path):
     mine.mkdir()
     recover(tmp_path / "data")
     assert mine.exists()
+
+
+def test_best_saved_after_a_checkpoint_does_not_record_later_epochs(data, tmp_path):
+    """run.json written by save_best between two checkpoints holds the last checkpoint's
+    history, not the epochs trained since (a kill there made --resume replay them twice)."""
+    from vaecf.data.dataset import Dataset
+    from vaecf.model.progress import Progress
+    from vaecf.model.rundir import RunDir
+    from vaecf.settings import load_settings
+
+    settings = load_settings(None, model={"hidden": 16, "latent": 8})
+    run = RunDir.create(tmp_path / "run", settings, Dataset.open(data))
+    model = run.build_model()
+    import keras
+
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    history = [{"epoch": 1}, {"epoch": 2}]
+    run.save_checkpoint(model, optimizer, Progress(epoch=2), history, "running")
+    history.append({"epoch": 3})
+    run.save_best(model, 3, 30, {"ndcg@100": 0.5})
+    on_disk = RunDir.open(tmp_path / "run")
+    assert [r["epoch"] for r in on_disk.history] == [1, 2] and on_disk.progress.epoch == 2

@@ -296,8 +296,10 @@ class RunDir:
         written = {weights: save_variables(self.path / weights, model.weights),
                    opt: save_variables(self.path / opt, optimizer.variables)}
         old = self.meta["checkpoint"] or {}
-        meta = {**self.meta, "progress": progress.to_json(), "history": history, "status": status,
-                "checkpoint": {"weights": weights, "optimizer": opt}}
+        # A copy: the loop keeps appending to its list, and a later save_best must not write
+        # epochs this checkpoint does not hold (a resume would replay them twice).
+        meta = {**self.meta, "progress": progress.to_json(), "history": list(history),
+                "status": status, "checkpoint": {"weights": weights, "optimizer": opt}}
         self._commit(meta, [old.get("weights"), old.get("optimizer")], written)
 
     def set_status(self, status: str) -> None:
