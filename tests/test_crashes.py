@@ -243,3 +243,23 @@ def test_best_saved_after_a_checkpoint_does_not_record_later_epochs(data, tmp_pa
     run.save_best(model, 3, 30, {"ndcg@100": 0.5})
     on_disk = RunDir.open(tmp_path / "run")
     assert [r["epoch"] for r in on_disk.history] == [1, 2] and on_disk.progress.epoch == 2
+
+
+def test_second_ctrl_c_exits_130_without_traceback(data, tmp_path):
+    """Two Ctrl-C in a row: the first asks for a checkpoint, the second may cut it short; either
+    way exit 130, no traceback, and the run still opens (at its last committed state)."""
+    log = tmp_path / "log.jsonl"
+    process = _start("train", "--data", data, "--out", tmp_path / "run", "--log-json", log,
+                     "--epochs", "40", *TINY)
+    _wait_for_lines(log, 1, process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    # Killed by the second SIGINT itself (-2) or exiting 130: a shell reports both as $? = 130.
+    assert process.returncode in (130, -signal.SIGINT), err
+    assert "Traceback" not in err
+
+    from vaecf.model.rundir import RunDir
+
+    assert RunDir.open(tmp_path / "run").status in ("interrupted", "running")

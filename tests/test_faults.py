@@ -232,6 +232,12 @@ CASES: dict[str, Case] = {
         lambda w: ["bench", "train", "--data", w / "data", "--batch-size", "25", "--steps", "1",
                    "--rounds", "1", "--backend", "cpu", "--json", Path(w / "f") / "b.json"],
         "not a directory", lambda w: _mkfile(w / "f")),
+    "bench inference workdir under a file": Case(
+        lambda w: ["bench", "inference", "--synthetic", "--workdir", _mkfile(w / "f") / "x"],
+        "not a directory"),
+    "bench prepare workdir under a file": Case(
+        lambda w: ["bench", "prepare", "--rows", "100", "--workdir", _mkfile(w / "f") / "x"],
+        "not a directory"),
     "bench inference run missing": Case(lambda w: ["bench", "inference", "--run", w / "nope"],
                                         "not found"),
     "bench inference damaged run": Case(lambda w: ["bench", "inference", "--run", w / "run"],

@@ -138,6 +138,18 @@ def check_writable(path: Path | None, what: str) -> None:
         raise VaecfError(f"{what} {path}: {ancestor} is not writable")
 
 
+def make_directory(path: Path, what: str) -> Path:
+    """Create a working directory (and its parents) or fail with one line naming it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise VaecfError(f"{what} {path}: it or a parent of it is not a directory") from None
+    except OSError as error:
+        raise VaecfError(f"{what} {path}: cannot create it ({error.strerror})") from None
+    return path
+
+
 def _prepare_parent(out: Path) -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
+from vaecf.atomic import make_directory
 from vaecf.bench.flops import matmul_flops, model_forward_flops_per_user
 from vaecf.errors import VaecfError
 from vaecf.serving.items import ItemMap, Request
@@ -69,7 +70,7 @@ def synthetic_run(workdir: Path, n_items: int = 20_000) -> Path:
             return run
     except VaecfError:
         pass
-    workdir.mkdir(parents=True, exist_ok=True)
+    make_directory(workdir, "--workdir")
     source, data = workdir / f"inference-{n_items}.csv", workdir / f"inference-data-{n_items}"
     log.info(f"building {run}: 1M synthetic interactions, {n_items:,} items, 1 training epoch...")
     write_ratings_csv(source, 1_000_000, 10_000, n_items)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vaecf.atomic import make_directory
 from vaecf.bench.synthetic import ML20M_SHAPE, write_ratings_csv
 
 log = logging.getLogger("vaecf")
@@ -24,7 +25,7 @@ log = logging.getLogger("vaecf")
 
 def run(workdir: Path, rows: int, backend: str = "cpu") -> dict[str, Any]:
     """Generate (if needed) and prepare the synthetic file; returns the measured figures."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    make_directory(workdir, "--workdir")
     scale = rows / ML20M_SHAPE["rows"]
     n_users = max(100, round(ML20M_SHAPE["users"] * scale))
     n_items = max(100, round(ML20M_SHAPE["items"] * min(1.0, scale * 4)))

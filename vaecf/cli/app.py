@@ -56,6 +56,9 @@ def main() -> None:
         where = error.ctx.command_path if error.ctx is not None else "vaecf"
         message = error.format_message().replace("Value error, ", "")
         _fail(f"{where}: {message} (see `{where} --help`)")
-    except (typer.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):   # a second Ctrl-C included: no traceback
         sys.exit(130)
+    except OSError as error:   # the machine said no (disk full, permissions) where no check did
+        where = f"{error.filename}: " if error.filename else ""
+        _fail(f"{where}{error.strerror or error}")
     sys.exit(code if isinstance(code, int) else 0)
