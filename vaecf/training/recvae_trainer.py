@@ -28,7 +28,7 @@ from typing import Any
 from vaecf.model.batches import Batch
 from vaecf.settings import Settings
 from vaecf.training.distributed import Comm
-from vaecf.training.trainer import noise_key
+from vaecf.training.trainer import data_parallel_step, noise_key
 
 
 class _Optimizers:
@@ -99,19 +99,7 @@ class RecVAETrainer:
                     scaled = optimizer.scale_loss(loss)
                 return loss, nll, kl, tape.gradient(scaled, variables)
 
-            @tf.function(jit_compile=t.xla, reduce_retracing=True)
-            def apply(grads):
-                optimizer.apply(grads, variables)
-
-            @tf.function(input_signature=spec, reduce_retracing=True)
-            def step(indices, values, targets, size, gamma, seed):
-                loss, nll, kl, grads = gradients(indices, values, targets, size, gamma, seed)
-                grads = comm.allreduce_mean([tf.cast(tf.convert_to_tensor(g), tf.float32)
-                                             for g in grads])
-                apply(grads)
-                return loss, nll, kl
-
-            return step
+            return data_parallel_step(gradients, optimizer, variables, comm, spec, t.xla)
 
         encoder_vars = model.encoder.trainable_variables
         decoder_vars = model.decoder.trainable_variables

@@ -11,6 +11,7 @@ one would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,38 @@ def precision_policy(amp: bool, backend: Backend) -> str:
     """The Keras dtype policy: float32, or with ``amp`` what mixed precision means on the
     chosen backend (float16 + loss scaling on a GPU, bfloat16 on a CPU that has it)."""
     return backend.amp_policy() if amp else "float32"
+
+
+def data_parallel_step(gradients: Callable[..., Any], optimizer: Any, variables: list[Any],
+                       comm: Comm, spec: list[Any], xla: bool) -> Any:
+    """The compiled training step around a model's gradient function: gradients on this
+    rank's batch, averaged over ranks, applied by ``optimizer`` to ``variables``.
+
+    Args:
+        gradients: ``(*inputs) -> (loss, nll, kl, grads)``, a ``tf.function`` (XLA-compiled
+            with ``--xla``); the allreduce stays outside it, as Horovod's op has no XLA kernel.
+        spec: the ``tf.TensorSpec`` of every input, so the step is traced once.
+    Returns:
+        a ``tf.function`` ``(*inputs) -> (loss, nll, kl)``.
+    """
+    import tensorflow as tf
+
+    # Adam is a chain of elementwise passes over every weight (memory-bound, ~20% of a
+    # batch-500 step); with --xla, XLA fuses them into one.
+    @tf.function(jit_compile=xla, reduce_retracing=True)
+    def apply(grads):
+        optimizer.apply(grads, variables)
+
+    @tf.function(input_signature=spec, reduce_retracing=True)
+    def step(*inputs):
+        loss, nll, kl, grads = gradients(*inputs)
+        # Dense float32 gradients: what allreduce accepts and Adam updates anyway.
+        grads = comm.allreduce_mean([tf.cast(tf.convert_to_tensor(g), tf.float32)
+                                     for g in grads])
+        apply(grads)
+        return loss, nll, kl
+
+    return step
 
 
 def noise_key(seed: int, rank: int) -> int:
@@ -75,21 +108,7 @@ class Trainer:
                 scaled = optimizer.scale_loss(loss)
             return loss, nll, kl, tape.gradient(scaled, variables)
 
-        # Adam is a chain of elementwise passes over every weight (memory-bound, ~20% of a
-        # batch-500 step); XLA fuses them into one.
-        @tf.function(jit_compile=t.xla, reduce_retracing=True)
-        def apply(grads):
-            optimizer.apply(grads, variables)
-
-        @tf.function(input_signature=spec, reduce_retracing=True)
-        def step(indices, values, targets, size, beta, seed):
-            loss, nll, kl, grads = gradients(indices, values, targets, size, beta, seed)
-            # Dense float32 gradients: what allreduce accepts and Adam updates anyway.
-            grads = comm.allreduce_mean([tf.cast(tf.convert_to_tensor(g), tf.float32)
-                                         for g in grads])
-            apply(grads)
-            return loss, nll, kl
-
+        step = data_parallel_step(gradients, optimizer, variables, comm, spec, t.xla)
         self._step = step
 
     def step(self, batch: Batch, beta: float, step: int) -> tuple[float, float, float]:
