@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pyarrow.csv as pacsv
@@ -36,3 +39,17 @@ def recommend_json(cli, *args: object) -> dict:
     result = cli("recommend", *args, "--format", "json")
     assert result.code == 0, result.err
     return json.loads(result.out)
+
+
+def interrupt_when_logged(log: Path, lines: int = 1) -> threading.Thread:
+    """Start a thread that sends this process a real SIGINT (Ctrl-C) once ``log`` (a
+    --log-json file) holds ``lines`` epochs; join it after the interrupted call."""
+
+    def watch() -> None:
+        while not (log.exists() and log.read_text().count("\n") >= lines):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher

@@ -8,14 +8,11 @@ import importlib.util
 import json
 import math
 import os
-import signal
-import threading
-import time
 
 import numpy as np
 import pytest
 import scipy.sparse
-from helpers import recommend_json, user_items
+from helpers import interrupt_when_logged, recommend_json, user_items
 from test_export import load_and_serve
 
 from vaecf.backend import cpu_backend
@@ -240,14 +237,7 @@ def test_recvae_run_resumes_bit_identically_tests_exports_and_serves(small_datas
 
     # Ctrl-C (a real SIGINT) mid-run, then --resume.
     log = tmp_path / "cut.jsonl"
-
-    def interrupt_after_first_epoch() -> None:
-        while not (log.exists() and log.read_text().count("\n") >= 1):
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    watcher = threading.Thread(target=interrupt_after_first_epoch, daemon=True)
-    watcher.start()
+    watcher = interrupt_when_logged(log)
     result = cli("train", "--data", small_dataset, "--out", cut, "--epochs", "7", *QUICK,
                  "--log-json", log)
     watcher.join(timeout=60)

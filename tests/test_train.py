@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import threading
-import time
 
 import numpy as np
 import pytest
+from helpers import interrupt_when_logged
 
 from vaecf.backend import cpu_backend
 from vaecf.settings import load_settings
@@ -99,14 +97,7 @@ def test_resume_after_ctrl_c_equals_uninterrupted(small_dataset, tmp_path):
     train(settings, small_dataset, tmp_path / "straight", cpu_backend(), quiet=True)
 
     log = tmp_path / "log.jsonl"
-
-    def interrupt_after_first_epoch() -> None:
-        while not (log.exists() and log.read_text().count("\n") >= 1):
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    watcher = threading.Thread(target=interrupt_after_first_epoch, daemon=True)
-    watcher.start()
+    watcher = interrupt_when_logged(log)
     train(settings, small_dataset, tmp_path / "resumed", cpu_backend(), quiet=True, log_json=log)
     watcher.join(timeout=60)
     stopped = RunDir.open(tmp_path / "resumed")

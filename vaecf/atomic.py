@@ -19,10 +19,11 @@ import contextlib
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from vaecf.errors import VaecfError
+from vaecf.errors import VaecfError, printable
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|ready|old)-(?P<pid>\d+)$")
 
@@ -120,22 +121,35 @@ def check_apart(out: Path, inputs: Iterable[Path], what: str = "--out") -> None:
                              "somewhere else")
 
 
-def check_writable(path: Path | None, what: str) -> None:
-    """Fail early, before any long work, when the file ``path`` could not be written: its
-    parent (or the first existing ancestor) is not a writable directory, or it is a directory.
+def check_creatable(path: Path, label: str) -> None:
+    """Fail before any long work when ``path`` could not be created: its nearest existing
+    ancestor is not a directory, or no entry can be made in it (tried with a probe directory,
+    removed at once: permission bits do not tell for root or /proc).
+
+    Args:
+        label: how the message starts, e.g. "cannot create --out x" or "--json x".
     """
+    ancestor = Path(os.path.abspath(path)).parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise VaecfError(f"{label}: {printable(ancestor)} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".vaecf-probe-", dir=ancestor))
+    except OSError as error:
+        raise VaecfError(f"{label}: cannot write in {printable(ancestor)} "
+                         f"({error.strerror or error})") from None
+
+
+def check_writable(path: Path | None, what: str) -> None:
+    """Fail early, before any long work, when the file ``path`` (given as option ``what``)
+    could not be written: it is a directory, or :func:`check_creatable` says no."""
     if path is None:
         return
     path = Path(path)
     if path.is_dir():
-        raise VaecfError(f"{what} {path}: is a directory")
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise VaecfError(f"{what} {path}: {ancestor} is not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise VaecfError(f"{what} {path}: {ancestor} is not writable")
+        raise VaecfError(f"{what} {printable(path)}: is a directory")
+    check_creatable(path, f"{what} {printable(path)}")
 
 
 def make_directory(path: Path, what: str) -> Path:

@@ -9,6 +9,7 @@ has. GPU libraries are imported in :mod:`vaecf.backend.gpu` only, and only when 
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from vaecf.backend.base import Backend
@@ -39,8 +40,6 @@ def gpu_backend() -> Backend:
 
 def select_backend(requested: BackendName) -> Backend:
     """Resolve ``auto|cpu|gpu`` to a Backend; ``auto`` logs (debug) why it fell back to the CPU."""
-    import logging
-
     if requested == "cpu":
         return cpu_backend()
     if requested == "gpu":

@@ -131,7 +131,7 @@ def _interrupted(out: Path) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    from vaecf.data.readers import printable
+    from vaecf.errors import printable
 
     state = ("holds a complete dataset (the previous one unless the new one was finished: "
              "datasets are written atomically)" if out.is_dir() else "was not written")

@@ -75,6 +75,17 @@ def checksums(meta: dict[str, Any]) -> dict[str, str]:
     return sums
 
 
+def read_meta(path: Path) -> dict[str, Any]:
+    """A dataset's meta.json alone, without verifying its files: for callers that only need
+    how the data was read (e.g. recommend's column names), not the data itself.
+
+    Raises:
+        VaecfError: not a dataset this vaecf reads.
+    """
+    recover(path)
+    return read_header(path, "meta.json", FORMAT, VERSION, "vaecf dataset", "vaecf prepare")
+
+
 @functools.cache
 def _verify(path: Path, stamp: int, meta_text: str) -> None:
     verify_files(path, checksums(json.loads(meta_text)), "re-run `vaecf prepare` to rebuild it")
@@ -101,8 +112,7 @@ class Dataset:
             VaecfError: not a dataset this vaecf reads, or a file missing or damaged.
         """
         path = Path(path)
-        recover(path)
-        meta = read_header(path, "meta.json", FORMAT, VERSION, "vaecf dataset", "vaecf prepare")
+        meta = read_meta(path)
         _verify(path.resolve(), (path / "meta.json").stat().st_mtime_ns, json.dumps(meta))
         return cls(path, meta)
 

@@ -34,11 +34,10 @@ from vaecf.data.readers import (
     check_text,
     guess_sep,
     is_parquet,
-    printable,
     resolve_column,
     shown,
 )
-from vaecf.errors import VaecfError
+from vaecf.errors import VaecfError, printable
 
 Frame = Any  # pandas.DataFrame or cudf.DataFrame
 Series = Any  # pandas.Series or cudf.Series

@@ -6,8 +6,6 @@ matrices with the array backend's ``xp`` only, then write atomically.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from vaecf import __version__
-from vaecf.atomic import atomic_directory, check_apart, check_target
+from vaecf.atomic import atomic_directory, check_apart, check_creatable, check_target
 from vaecf.backend import Backend
 from vaecf.data import split
 from vaecf.data.dataset import FORMAT, VERSION, shard_name, write_csr, write_meta, write_table
@@ -26,12 +24,11 @@ from vaecf.data.readers import (
     encode,
     expand_inputs,
     int64_arrow,
-    printable,
     read_inputs,
     sha256_of,
     string_arrow,
 )
-from vaecf.errors import VaecfError
+from vaecf.errors import VaecfError, printable
 from vaecf.formats import file_sha256
 from vaecf.progress import Steps
 from vaecf.settings import PrepareSettings
@@ -238,22 +235,10 @@ def encode_inputs(paths: list[Path], spec: ColumnSpec, min_rating: float | None,
 
 
 def check_out(out: Path) -> None:
-    """Refuse, before any work, an ``--out`` that cannot be created: one that is a file, or
-    whose nearest existing ancestor is not a directory we can create entries in (tried with a
-    probe directory, removed at once, since permission bits do not tell for root or /proc)."""
+    """Refuse, before any work, an ``--out`` that is a file or cannot be created."""
     if out.exists() and not out.is_dir():
         raise VaecfError(f"--out {printable(out)} exists and is not a directory")
-    ancestor = Path(os.path.abspath(out)).parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    where = f"cannot create --out {printable(out)}"
-    if not ancestor.is_dir():
-        raise VaecfError(f"{where}: {printable(ancestor)} is not a directory")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".vaecf-probe-", dir=ancestor))
-    except OSError as error:
-        raise VaecfError(f"{where}: cannot write in {printable(ancestor)} "
-                         f"({error.strerror or error})") from None
+    check_creatable(out, f"cannot create --out {printable(out)}")
 
 
 def check_shards(shards: int, train_users: int) -> None:

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from vaecf.errors import VaecfError
+from vaecf.errors import VaecfError, printable
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 # The id rule (docs/data-reliability.md): ids given as text (CSV fields, --user-items) are
@@ -63,15 +63,6 @@ class Interactions:
     users: pa.ChunkedArray
     items: pa.ChunkedArray
     ratings: pa.ChunkedArray | None
-
-
-def printable(value: object, limit: int = 120) -> str:
-    """``value`` as text safe to print on one terminal line: control and other non-printable
-    characters escaped (``\\x00``, ``\\n``), long values shortened."""
-    text = str(value)
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def shown(value: object) -> str:

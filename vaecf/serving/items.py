@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse
 
-from vaecf.data.readers import ColumnSpec, canonical_integers, printable, read_file
-from vaecf.errors import VaecfError
+from vaecf.data.readers import ColumnSpec, canonical_integers, read_file
+from vaecf.errors import VaecfError, printable
 
 # Inputs up to this many ids are mapped through a dict (see ItemMap.columns).
 SMALL_LOOKUP = 4096
@@ -216,10 +216,10 @@ def describe_problems(request: Request) -> list[str]:
 def input_columns(run: Any) -> ColumnSpec:
     """How the run's training input was read (user/item columns, separator, header), from its
     dataset's meta.json when that directory still exists, else from the run's settings."""
-    from vaecf.data.dataset import Dataset
+    from vaecf.data.dataset import read_meta
 
-    try:
-        columns = Dataset.open(run.dataset_path).meta["columns"]
+    try:   # the header only: hashing the whole dataset would slow every recommend call
+        columns = read_meta(run.dataset_path)["columns"]
         return ColumnSpec(columns["user"], columns["item"], None, columns["sep"],
                           columns["header"])
     except VaecfError:
