@@ -80,19 +80,22 @@ def synthetic_run(workdir: Path, n_items: int = 20_000) -> Path:
     return run
 
 
-def _users(run: Any, n: int, seed: int = 0) -> scipy.sparse.csr_matrix:
+def sample_users(run: Any, n: int, seed: int = 0) -> scipy.sparse.csr_matrix:
     """n users' known items, binary CSR (n, n_items): the dataset's training rows if it is still
-    where training read it, repeated to n rows; else 50 random items per user."""
+    where training read it, repeated to n rows; else 256 users of 50 random items (fewer for a
+    model of fewer items), repeated."""
     from vaecf.data.dataset import Dataset
 
     try:
         rows = Dataset.open(run.dataset_path).train_matrix()
     except VaecfError:
         rng = np.random.default_rng(seed)
-        cols = np.sort(np.stack([rng.choice(run.n_items, 50, replace=False) for _ in range(256)]))
+        per_user = min(50, run.n_items)
+        cols = np.sort(np.stack([rng.choice(run.n_items, per_user, replace=False)
+                                 for _ in range(256)]))
         rows = scipy.sparse.csr_matrix(
-            (np.ones(cols.size, np.float32), cols.ravel(), np.arange(0, cols.size + 1, 50)),
-            shape=(256, run.n_items))
+            (np.ones(cols.size, np.float32), cols.ravel(),
+             np.arange(0, cols.size + 1, per_user)), shape=(256, run.n_items))
     reps = -(-n // rows.shape[0])
     return scipy.sparse.vstack([rows] * reps, format="csr")[:n]
 
@@ -182,7 +185,7 @@ def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: 
     precisions = ["fp32"] if precision == "fp32" else [precision, "fp32"]
     recommenders = {p: Recommender(model, ItemMap(run.item_ids), p) for p in precisions}
     bare = {p: bare_forward(r.model) for p, r in recommenders.items()}
-    users = _users(run, max(batch_size, single_calls))
+    users = sample_users(run, max(batch_size, single_calls))
     batch = users[:batch_size]
     log.info(f"model: {run.n_items:,} items, hidden {model.hidden}, latent {model.latent}; "
         f"batch of {batch_size:,} users with {batch.nnz / batch_size:.1f} items each on average")

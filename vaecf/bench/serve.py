@@ -144,21 +144,16 @@ class Server:
         self.stop()
 
 
-def user_items(run: Any, n: int = 1000, seed: int = 0) -> list[list[Any]]:
-    """Original item ids of ``n`` users: the run's training users (first ``n``) when its
-    dataset still exists, else ``n`` random sets of 50 items."""
-    from vaecf.data.dataset import Dataset
+def user_items(run: Any, n: int = 1000) -> list[list[Any]]:
+    """Original item ids of ``n`` users, drawn as ``vaecf bench inference`` draws them
+    (:func:`vaecf.bench.inference.sample_users`)."""
+    from vaecf.bench.inference import sample_users
     from vaecf.serving.items import ItemMap
 
     item_map = ItemMap(run.item_ids)
-    try:
-        rows = Dataset.open(run.dataset_path).train_matrix()[:n]
-        columns = [rows.indices[rows.indptr[i]: rows.indptr[i + 1]] for i in range(rows.shape[0])]
-    except VaecfError:
-        rng = np.random.default_rng(seed)
-        columns = [np.sort(rng.choice(run.n_items, min(50, run.n_items), replace=False))
-                   for _ in range(n)]
-    return [item_map.originals(c) for c in columns]
+    rows = sample_users(run, n)
+    return [item_map.originals(rows.indices[rows.indptr[i]: rows.indptr[i + 1]])
+            for i in range(rows.shape[0])]
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
