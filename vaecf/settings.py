@@ -80,7 +80,12 @@ class ModelSettings(_Section):
 class TrainSettings(_Section):
     """``vaecf train``: optimisation schedule and runtime."""
 
-    epochs: int = Field(200, ge=1)
+    # Unset: the automatic schedule of vaecf/training/schedule.py (β planned over
+    # plan_epochs, stop by validation once β reached its cap, go on while improving up to
+    # max_epochs); set: exactly this many epochs.
+    epochs: int | None = Field(None, ge=1)
+    plan_epochs: int = Field(200, ge=1)
+    max_epochs: int = Field(1000, ge=1)
     batch_size: int = Field(500, ge=1)
     lr: float = Field(1e-3, gt=0)
     anneal_cap: float = Field(0.2, ge=0)
@@ -88,6 +93,8 @@ class TrainSettings(_Section):
     # Without anneal_steps: β reaches anneal_cap after this share of all training steps.
     anneal_fraction: float = Field(0.5, gt=0, le=1)
     validate_every: int = Field(1, ge=1)
+    # Validations without a better NDCG@100 that stop training. Unset: 30 epochs' worth with
+    # the automatic schedule, never with a fixed --epochs.
     patience: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
     amp: bool = False

@@ -36,15 +36,25 @@ def dataset_table(meta: dict[str, Any], path: Path) -> Table:
 
 def stop_reason(run: Any) -> str:
     """Why training ended, in a few words, from the run's status and settings."""
+    from vaecf.training.schedule import schedule_of
+
     t = run.settings.train
+    last = run.history[-1] if run.history else {"epoch": 0, "step": 0}
+    schedule = schedule_of(t, last["step"] // max(1, last["epoch"]))
     if run.status == "early-stopped":
+        if schedule.automatic:
+            return (f"no better validation {SELECTION_METRIC} in {schedule.patience} "
+                    f"validations once β had reached its cap (epoch {schedule.earliest_stop}): "
+                    f"automatic schedule, epoch {last['epoch']} of at most {t.max_epochs}")
         return (f"no better validation {SELECTION_METRIC} in {t.patience} validations "
-                f"(patience), epoch {len(run.history)} of {t.epochs}")
+                f"(patience), epoch {last['epoch']} of {t.epochs}")
     if run.status == "complete":
-        last = run.history[-1]["epoch"] if run.history else 0
-        if run.best and run.best["epoch"] >= last - t.validate_every:
-            return f"reached the last epoch ({t.epochs}) still improving: try more --epochs"
-        return f"reached the last epoch ({t.epochs})"
+        flag = "--max-epochs" if schedule.automatic else "--epochs"
+        # The history, not the settings: `--resume --epochs N` extends a run past them.
+        if run.best and run.best["epoch"] >= last["epoch"] - t.validate_every:
+            return (f"reached the last epoch ({last['epoch']}) still improving: "
+                    f"try a larger {flag}")
+        return f"reached the last epoch ({last['epoch']})"
     if run.status == "interrupted":
         return f"interrupted at epoch {run.progress.epoch} (resume with --resume)"
     return run.status

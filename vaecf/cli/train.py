@@ -37,8 +37,18 @@ def train(
         "settings).",
         show_default=default_of("model", "name"))] = None,
     epochs: Annotated[int | None, typer.Option(
-        help="Passes over the training users (with --resume: extend to this many).",
-        show_default=default_of("train", "epochs"))] = None,
+        help="Train exactly N passes over the training users (with --resume: extend to this "
+        "many). Unset: the automatic schedule — β annealed over --plan-epochs, then stop "
+        "once validation NDCG@100 has not improved for --patience validations (30 epochs' "
+        "worth), or go on past the plan while it improves, up to --max-epochs.",
+        show_default=default_of("train", "epochs", none="automatic"))] = None,
+    plan_epochs: Annotated[int | None, typer.Option(
+        help="Automatic schedule: epochs β's annealing is planned over (β reaches "
+        "--anneal-cap after --anneal-fraction of them).",
+        show_default=default_of("train", "plan_epochs"))] = None,
+    max_epochs: Annotated[int | None, typer.Option(
+        help="Automatic schedule: never train more epochs than this.",
+        show_default=default_of("train", "max_epochs"))] = None,
     batch_size: Annotated[int | None, typer.Option(
         help="Users per optimizer step (per rank); an epoch is split into near-equal "
         "batches of at most this size.", show_default=default_of("train", "batch_size"))] = None,
@@ -50,8 +60,9 @@ def train(
         help="β = min(step / anneal_steps, cap). Default: from --anneal-fraction.",
         show_default=default_of("train", "anneal_steps", none="auto"))] = None,
     anneal_fraction: Annotated[float | None, typer.Option(
-        help="Without --anneal-steps: β reaches the cap after this share of all training "
-        "steps.", show_default=default_of("train", "anneal_fraction"))] = None,
+        help="Without --anneal-steps: β reaches the cap after this share of the planned "
+        "epochs' steps (--epochs, or --plan-epochs with the automatic schedule).",
+        show_default=default_of("train", "anneal_fraction"))] = None,
     noise_std: Annotated[float | None, typer.Option(
         help="Std of the reparameterisation noise ε (z = mu + ε·σ) while training "
         "(the paper: 1).", show_default=default_of("model", "noise_std"))] = None,
@@ -90,8 +101,9 @@ def train(
         help="Validate every N epochs (and after the last).",
         show_default=default_of("train", "validate_every"))] = None,
     patience: Annotated[int | None, typer.Option(
-        help="Stop after N validations without a better NDCG@100.",
-        show_default=default_of("train", "patience"))] = None,
+        help="Stop after N validations without a better NDCG@100 (with the automatic "
+        "schedule: only once β has reached its cap).",
+        show_default="30 epochs' worth (automatic schedule), off (--epochs)")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(
         help="Save a resumable checkpoint every N epochs (and at the end / Ctrl-C).",
         show_default=default_of("train", "checkpoint_every"))] = None,
@@ -151,7 +163,8 @@ def train(
                         decoder_epochs=decoder_epochs, encoder_layers=encoder_layers,
                         prior_weights=_floats(prior_weights, "--prior-weights"),
                         wide_logvar=wide_logvar, layer_norm_eps=layer_norm_eps)
-    train_flags = dict(epochs=epochs, batch_size=batch_size, lr=lr, anneal_cap=anneal_cap,
+    train_flags = dict(epochs=epochs, plan_epochs=plan_epochs, max_epochs=max_epochs,
+                       batch_size=batch_size, lr=lr, anneal_cap=anneal_cap,
                        anneal_steps=anneal_steps, anneal_fraction=anneal_fraction,
                        validate_every=validate_every,
                        patience=patience, checkpoint_every=checkpoint_every, seed=seed,

@@ -8,12 +8,14 @@ for RecVAE, with its constant γ); after it, :meth:`_Session.end_epoch` validate
 logs, checkpoints and decides on early stopping. Every rank sees each of its users once per
 epoch in a seeded shuffle; only the chief validates, logs and writes the run directory.
 
-Defaults follow the paper's notebook (batch 500, Adam lr 1e-3, cap 0.2, 200 epochs, best
-checkpoint by validation NDCG@100) except ``anneal_steps``: the paper's 200,000 steps reach
+Defaults follow the paper's notebook (batch 500, Adam lr 1e-3, cap 0.2, best checkpoint by
+validation NDCG@100) except how long training lasts (:mod:`vaecf.training.schedule`: by
+validation unless ``--epochs`` is given) and ``anneal_steps``: the paper's 200,000 steps reach
 β = 0.2 after 40,000 steps, which is 86% of 200 epochs on MovieLens-20M but never happens on
 smaller data (ML-1M has ~2,000 steps in 200 epochs). The default instead makes β reach the cap
-halfway through training, whatever the dataset size:
-``anneal_steps = ceil(epochs · steps_per_epoch · anneal_fraction / anneal_cap)`` (the
+halfway through the planned epochs (``epochs``, or ``plan_epochs`` with the automatic
+schedule), whatever the dataset size:
+``anneal_steps = ceil(planned · steps_per_epoch · anneal_fraction / anneal_cap)`` (the
 ``train.anneal_fraction`` setting, 0.5 by default); the resolved value is stored in the run's
 settings.json. The reparameterisation noise has std ``model.noise_std`` (0.01, not the paper's
 1: better on validation on every dataset of docs/accuracy.md).
@@ -58,6 +60,7 @@ from vaecf.settings import Settings
 from vaecf.training.distributed import Comm, communicator
 from vaecf.training.recvae_trainer import RecVAETrainer
 from vaecf.training.registry import kl_weight, make_trainer
+from vaecf.training.schedule import Schedule, planned_epochs, schedule_of
 from vaecf.training.trainer import Trainer, precision_policy
 from vaecf.training.view import TrainView
 
@@ -122,11 +125,12 @@ class _Session:
 
     def __init__(self, settings: Settings, run: RunDir | None,
                  trainer: Trainer | RecVAETrainer, rows: Any,
-                 steps: int, backend: Backend, comm: Comm, view: TrainView,
+                 steps: int, schedule: Schedule, backend: Backend, comm: Comm, view: TrainView,
                  progress: Progress, status: str, validation: Any, log_file: IO[str] | None
                  ) -> None:
         self.settings, self.run, self.trainer, self.rows = settings, run, trainer, rows
         self.steps, self.backend, self.comm, self.view = steps, backend, comm, view
+        self.schedule = schedule
         self.progress, self.status = progress, status
         self.validation, self.log_file = validation, log_file
         self.history = list(run.history) if run else []
@@ -171,7 +175,8 @@ class _Session:
         record = _epoch_record(p.epoch + 1, p.step, self.beta, p.partial, comm)
         self.progress = p = p.at_epoch_end(p.epoch + 1, p.step)
         improved, stop = False, False
-        if comm.is_chief and (p.epoch % t.validate_every == 0 or p.epoch == t.epochs):
+        last = p.epoch == self.schedule.last_epoch
+        if comm.is_chief and (p.epoch % t.validate_every == 0 or last):
             metrics = self._validate()
             record["validation"] = metrics
             best = -1.0 if p.best_metric is None else p.best_metric
@@ -180,7 +185,7 @@ class _Session:
             if improved:
                 p.best_metric = metrics[SELECTION_METRIC]
                 self.run.save_best(self.trainer.model, p.epoch, p.step, metrics)
-            stop = bool(t.patience and p.bad_validations >= t.patience)
+            stop = self.schedule.stops(p.epoch, p.bad_validations)
         self.history.append(record)
         self.view.epoch_done(record, improved)
         if self.log_file:
@@ -241,15 +246,16 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
         check_target(out, force, "run directory", marker=RUN_JSON, kind="vaecf run directory")
         if out.exists():   # --force: the old run stays until the new one is done
             target = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    view = TrainView(settings.train.epochs, quiet or not chief)
     rows = backend.csr(dataset.train_rows_for_rank(comm.rank, comm.size))
     total_rows = int(round(comm.allreduce_sum(float(rows.shape[0]))))
     steps = steps_per_epoch(total_rows, comm.size, settings.train.batch_size)
     if not resume:
-        settings = _resolve(settings, settings.train.epochs * steps)
+        settings = _resolve(settings, planned_epochs(settings.train) * steps)
         run = RunDir.create(target, settings, dataset) if chief else None
         comm.barrier()
     t = settings.train
+    schedule = schedule_of(t, steps)
+    view = TrainView(schedule, quiet or not chief)
     trainer = make_trainer(settings, dataset.n_items, comm, precision_policy(t.amp, backend),
                            steps)
     if resume:
@@ -269,12 +275,13 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
     # An early-stopped run stays stopped unless --epochs asks for more.
     stopped = resume and run.status == "early-stopped" and extend_to is None
     log_file = _open_log(log_json, progress.epoch if resume else None) if chief else None
-    session = _Session(settings, run if chief else None, trainer, rows, steps, backend, comm,
-                       view, progress, "early-stopped" if stopped else "running",
+    session = _Session(settings, run if chief else None, trainer, rows, steps, schedule,
+                       backend, comm, view, progress, "early-stopped" if stopped else "running",
                        dataset.heldout("validation") if chief else None, log_file)
     try:
         with view, interrupt_flag() as interrupted:
-            while session.progress.epoch < t.epochs and session.status == "running":
+            while (session.progress.epoch < schedule.last_epoch
+                   and session.status == "running"):
                 if session.run_epoch(interrupted):
                     session.status = "interrupted"
                     break

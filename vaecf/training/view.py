@@ -9,6 +9,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vaecf.progress import console
+from vaecf.training.schedule import Schedule
 
 log = logging.getLogger("vaecf")
 
@@ -22,8 +23,9 @@ def _metrics_text(metrics: dict[str, float]) -> str:
 class TrainView:
     """Progress of one training run (only the chief rank makes a visible one)."""
 
-    def __init__(self, epochs: int, quiet: bool) -> None:
-        self.epochs = epochs
+    def __init__(self, schedule: Schedule, quiet: bool) -> None:
+        # The automatic schedule ends by validation: show its limit as one ("≤1000").
+        self.epochs = f"≤{schedule.last_epoch}" if schedule.automatic else str(schedule.last_epoch)
         self.quiet = quiet
         self._progress = Progress(
             TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
