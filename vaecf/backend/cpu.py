@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse
 
 from vaecf.backend.base import Backend
-from vaecf.backend.probe import cpu_has_bf16
+from vaecf.backend.probe import cpu_bf16
 
 log = logging.getLogger("vaecf")
 
@@ -77,7 +77,13 @@ class CpuBackend(Backend):
 
     def amp_policy(self) -> str:
         """bfloat16 where the CPU executes it natively, float32 (said once) elsewhere."""
-        if cpu_has_bf16():
+        unit = cpu_bf16()
+        if unit == "avx512":
+            # Measured on a 2-core Xeon with AVX512-BF16 and no AMX (docs/benchmarks.md):
+            # oneDNN's bfloat16 matmuls ran at 0.55x float32, bf16 training at 0.6x.
+            log.warning("--amp: this CPU has AVX512-BF16 but no AMX; bfloat16 may train "
+                        "slower than float32 here (measure with `vaecf bench train --compare`)")
+        if unit:
             return "mixed_bfloat16"
         log.info("--amp: this CPU has no bfloat16 instructions; training in float32")
         return "float32"

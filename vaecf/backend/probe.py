@@ -102,10 +102,13 @@ def pin_rank_gpu() -> None:
 
 
 @functools.cache
-def cpu_has_bf16() -> bool:
-    """Whether this CPU executes bfloat16 natively (AVX512-BF16 or AMX-BF16)."""
+def cpu_bf16() -> str | None:
+    """How this CPU executes bfloat16 natively: ``"amx"`` (AMX-BF16 tiles), ``"avx512"``
+    (AVX512-BF16 dot products only) or None."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return None
+    if "amx_bf16" in flags:
+        return "amx"
+    return "avx512" if "avx512_bf16" in flags else None
