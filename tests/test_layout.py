@@ -7,6 +7,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "vaecf"
 
 # Higher imports lower (or its own layer's package); see docs/design.md, "Layout".
@@ -100,3 +102,14 @@ def test_help_does_not_import_heavy_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+@pytest.mark.parametrize("command", [[], ["bench"], ["prepare"], ["train"], ["test"],
+                                     ["recommend"], ["export"], ["serve"],
+                                     ["bench", "prepare"], ["bench", "train"],
+                                     ["bench", "inference"], ["bench", "serve"]])
+def test_help_pages_show_flags_without_a_type(cli, command):
+    """Flags (--help included) show no `<bool>` placeholder: they take no value."""
+    result = cli(*command, "--help")
+    assert result.code == 0
+    assert "--help" in result.out and "<bool>" not in result.out

@@ -7,12 +7,35 @@ import the library inside the command body so ``vaecf --help`` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
+from typer.core import TyperGroup
+
+
+class _Group(TyperGroup):
+    """Typer's command group, showing ``--help`` without a ``<bool>`` type, like every other
+    flag of ours (Typer types its own help flag and offers no setting for it)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _untyped(super().get_help_option(ctx))
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        command = super().get_command(ctx, name)
+        if command is not None:   # the option is created once per command and cached
+            _untyped(command.get_help_option(ctx))
+        return command
+
+
+def _untyped(option: Any) -> Any:
+    if option is not None:
+        option.metavar = ""
+    return option
+
 
 app = typer.Typer(
     name="vaecf",
+    cls=_Group,
     help="Train and serve Mult-VAE recommenders (Variational Autoencoders for Collaborative "
     "Filtering) from any user-item interaction file.",
     no_args_is_help=True,
@@ -21,6 +44,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 bench_app = typer.Typer(
+    cls=_Group,
     help="Benchmarks that print throughput numbers (prepare, train, inference, serve).",
     no_args_is_help=True,
 )

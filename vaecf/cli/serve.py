@@ -60,8 +60,8 @@ def serve(
         "traffic; top lists may differ slightly, see `vaecf bench inference --precision`).")
                          ] = "fp32",
     no_auth: Annotated[bool, typer.Option(
-        "--no-auth", help="Allow a non-loopback --host without an API key (anyone who can "
-        "reach the port can use it).")] = False,
+        "--no-auth", metavar="", help="Allow a non-loopback --host without an API key "
+        "(anyone who can reach the port can use it).")] = False,
 ) -> None:
     import ipaddress
     import os
