@@ -146,3 +146,14 @@ def test_bad_inputs_exit_2_with_one_line(small_dataset, tmp_path, trained, cli):
     assert "not a vaecf run" in one_line_error("test", "--run", tmp_path)
     assert "--k" in one_line_error("test", "--run", run.path, "--k", "10,x")
     assert not (tmp_path / "r").exists() and not (tmp_path / "r2").exists()
+
+
+@pytest.mark.parametrize("model, flag, value", [("recvae", "--noise-std", "0.5"),
+                                                ("recvae", "--anneal-cap", "0.1"),
+                                                ("multvae", "--gamma", "0.01")])
+def test_flags_the_model_ignores_are_named(cli, small_dataset, tmp_path, model, flag, value):
+    result = cli("train", "--data", small_dataset, "--out", tmp_path / "r", "--model", model,
+                 flag, value, "--epochs", "1", "--hidden", "16", "--latent", "4",
+                 "--backend", "cpu", "-q")
+    assert result.code == 0, result.err
+    assert f"{flag} not used by --model {model}" in result.err

@@ -170,11 +170,8 @@ def train(
                        patience=patience, checkpoint_every=checkpoint_every, seed=seed,
                        amp=amp, xla=xla, backend=backend)
     settings = load_settings(config, model=model_flags, train=train_flags, recvae=recvae_flags)
-    _warn_unused(settings.model.name, {"--activation": activation, "--noise-std": noise_std,
-                                       "--anneal-cap": anneal_cap,
-                                       "--anneal-steps": anneal_steps,
-                                       "--anneal-fraction": anneal_fraction},
-                 {"--" + k.replace("_", "-"): v for k, v in recvae_flags.items()})
+    _warn_unused(settings.model.name, {"model": model_flags, "train": train_flags,
+                                       "recvae": recvae_flags})
     if resume:
         _refuse_changed_flags(out, {"model": model_flags, "train": train_flags,
                                     "recvae": recvae_flags})
@@ -198,13 +195,16 @@ def train(
         raise typer.Exit(130)
 
 
-def _warn_unused(model: str, multvae_only: dict[str, object],
-                 recvae_only: dict[str, object]) -> None:
-    """Say which given flags the chosen model does not use, rather than ignore them."""
+def _warn_unused(model: str, flags: dict[str, dict[str, object]]) -> None:
+    """Say which given flags (per settings section) the chosen model does not use, rather
+    than ignore them."""
     import logging
 
-    unused = multvae_only if model == "recvae" else recvae_only
-    given = [flag for flag, value in unused.items() if value is not None]
+    from vaecf.training.registry import UNUSED_SETTINGS
+
+    given = ["--" + key.replace("_", "-") for section, values in flags.items()
+             for key, value in values.items()
+             if value is not None and (section, key) in UNUSED_SETTINGS[model]]
     if given:
         logging.getLogger("vaecf").warning("warning: %s not used by --model %s",
                                            ", ".join(given), model)

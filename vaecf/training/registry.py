@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vaecf.model.registry import kind
-from vaecf.settings import Settings
+from vaecf.settings import RecVAESettings, Settings
 from vaecf.training.distributed import Comm
 
 
@@ -35,6 +35,14 @@ TRAINERS: dict[str, Callable[..., Any]] = {"multvae": _multvae, "recvae": _recva
 KL_WEIGHTS: dict[str, Callable[[Settings, int], float]] = {
     "multvae": lambda s, step: min(step / s.train.anneal_steps, s.train.anneal_cap),
     "recvae": lambda s, step: s.recvae.gamma,
+}
+
+# Settings a model does not use, as (section, key): `vaecf train` says so when one is given.
+UNUSED_SETTINGS: dict[str, frozenset[tuple[str, str]]] = {
+    "multvae": frozenset(("recvae", key) for key in RecVAESettings.model_fields),
+    "recvae": frozenset({("model", "activation"), ("model", "noise_std"),
+                         ("train", "anneal_cap"), ("train", "anneal_steps"),
+                         ("train", "anneal_fraction")}),
 }
 
 
