@@ -65,3 +65,11 @@ def test_resume_extends_an_automatic_run_to_fixed_epochs(cli, small_dataset, tmp
     run = RunDir.open(run_path)
     assert (len(run.history), run.status) == (5, "complete")
     assert stop_reason(run).startswith("reached the last epoch (5)")
+
+
+def test_schedule_flags_beside_fixed_epochs_are_named(cli, small_dataset, tmp_path):
+    result = cli("train", "--data", small_dataset, "--out", tmp_path / "run", "--epochs", "1",
+                 "--max-epochs", "50", *SMALL, "-q")
+    assert result.code == 0, result.err
+    assert "shape the automatic schedule only" in result.err
+    assert len(RunDir.open(tmp_path / "run").history) == 1

@@ -143,6 +143,8 @@ def train(
     config: ConfigOption = None,
     quiet: QuietOption = False,
 ) -> None:
+    import logging
+
     from vaecf.cli.tables import summary_table
     from vaecf.data.dataset import Dataset
     from vaecf.errors import VaecfError
@@ -172,6 +174,10 @@ def train(
     settings = load_settings(config, model=model_flags, train=train_flags, recvae=recvae_flags)
     _warn_unused(settings.model.name, {"model": model_flags, "train": train_flags,
                                        "recvae": recvae_flags})
+    if settings.train.epochs is not None and (plan_epochs or max_epochs) and not resume:
+        logging.getLogger("vaecf").warning(
+            "warning: --plan-epochs and --max-epochs shape the automatic schedule only; "
+            "--epochs %d trains exactly that many epochs", settings.train.epochs)
     if resume:
         _refuse_changed_flags(out, {"model": model_flags, "train": train_flags,
                                     "recvae": recvae_flags})
