@@ -24,6 +24,8 @@ E + D.
 from __future__ import annotations
 
 import time
+from functools import cache
+from typing import Any
 
 
 def _dense_flops(n_items: int, hidden: int, latent: int) -> float:
@@ -48,14 +50,25 @@ def matmul_flops(batch: int, hidden: int, n_items: int, dtype: str, repeats: int
 
     a = tf.cast(tf.random.stateless_normal((batch, hidden), seed=(0, 1)), dtype)
     b = tf.cast(tf.random.stateless_normal((hidden, n_items), seed=(0, 2)), dtype)
-    matmul = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
-    matmul().numpy()
+    product = _product(dtype)
+    product(a, b).numpy()
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        matmul().numpy()
+        product(a, b).numpy()
         best = min(best, time.perf_counter() - started)
     return 2.0 * batch * hidden * n_items / best
+
+
+@cache
+def _product(dtype: str) -> Any:
+    """sum(a @ b) as one tf.function per dtype for a (m, k) and b (k, n) of any sizes, traced
+    once: a function built per call would retrace on every call (and TensorFlow warns)."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, None], dtype)
+    return tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)),
+                       input_signature=[spec, spec])
 
 
 def recvae_forward_flops_per_user(n_items: int, hidden: int, latent: int, nnz_per_user: float,
