@@ -56,7 +56,9 @@ def _serving_module(model: Any, item_ids: list[str], k: int) -> Any:
             known = columns >= 0
             # One (user, column) pair per known item, duplicates removed as recommend does.
             keys, _ = tf.unique(tf.boolean_mask(rows * n_items + columns, known))
-            scores, top = top_k_graph(self.model, keys // n_items, keys % n_items, n_rows,
+            users = tf.RaggedTensor.from_value_rowids(keys % n_items, keys // n_items, n_rows,
+                                                      validate=False)
+            scores, top = top_k_graph(self.model, users.row_splits, users.values,
                                       tf.constant(k, tf.int32), tf.constant(True))
             names = tf.where(tf.math.is_inf(scores), tf.constant(""), tf.gather(ids, top))
             return {"item_ids": names, "scores": scores}

@@ -11,18 +11,25 @@ import numpy as np
 TOP_K_BLOCK = 16
 
 
-def fold_in(model: Any, rows: Any, cols: Any, n_rows: Any):
-    """The model's input for users given as (row, column) pairs: a binary row L2-normalised,
-    every non-zero 1/sqrt(row length). Returns (SparseTensor (n_rows, n_items), indices int64
-    (nnz, 2))."""
+def fold_in(model: Any, indptr: Any, cols: Any):
+    """The model's input for users given as CSR rows: a binary row L2-normalised, every
+    non-zero 1/sqrt(row length).
+
+    Args:
+        indptr: int64 (n_rows + 1,), row r's columns are ``cols[indptr[r]: indptr[r + 1]]``.
+        cols: int64 (nnz,) model columns, no duplicate within a row.
+    Returns:
+        (SparseTensor (n_rows, n_items), indices int64 (nnz, 2) of its (row, column) pairs).
+    """
     import tensorflow as tf
 
-    lengths = tf.math.bincount(tf.cast(rows, tf.int32), minlength=tf.cast(n_rows, tf.int32),
-                               dtype=tf.float32)
-    values = tf.gather(tf.math.rsqrt(tf.maximum(lengths, 1.0)), rows)
+    ends = indptr[1:]
+    rows = tf.searchsorted(ends, tf.range(tf.size(cols, tf.int64)), side="right",
+                           out_type=tf.int64)
+    norms = tf.math.rsqrt(tf.maximum(tf.cast(ends - indptr[:-1], tf.float32), 1.0))
     indices = tf.stack([rows, cols], axis=1)
-    shape = tf.stack([n_rows, tf.constant(model.n_items, tf.int64)])
-    return tf.SparseTensor(indices, values, shape), indices
+    shape = tf.stack([tf.size(ends, tf.int64), tf.constant(model.n_items, tf.int64)])
+    return tf.SparseTensor(indices, tf.gather(norms, rows), shape), indices
 
 
 def exclude_items(logits: Any, indices: Any, exclude: Any):
@@ -42,15 +49,13 @@ def exclude_items(logits: Any, indices: Any, exclude: Any):
     return tf.where(mask, tf.constant(-np.inf, tf.float32), logits)
 
 
-def top_k_graph(model: Any, rows: Any, cols: Any, n_rows: Any, k: Any, exclude: Any,
+def top_k_graph(model: Any, indptr: Any, cols: Any, k: Any, exclude: Any,
                 blocked: bool = True):
     """The scoring graph shared by :class:`Recommender` and the exported SavedModel.
 
     Args:
         model: a MultVAE.
-        rows, cols: int64 (nnz,) user row and model column of each known (user, item) pair,
-            without duplicates.
-        n_rows: int64 scalar, the number of users.
+        indptr, cols: the users' known items as CSR rows (see :func:`fold_in`).
         k: int32 scalar, items to keep per user (<= n_items).
         exclude: bool scalar, whether the users' own items are excluded.
         blocked: select with :func:`blocked_top_k` (faster for many rows) rather than
@@ -61,7 +66,7 @@ def top_k_graph(model: Any, rows: Any, cols: Any, n_rows: Any, k: Any, exclude: 
     """
     import tensorflow as tf
 
-    x, indices = fold_in(model, rows, cols, n_rows)
+    x, indices = fold_in(model, indptr, cols)
     logits = exclude_items(model(x, training=False), indices, exclude)
     return blocked_top_k(logits, k) if blocked else tf.math.top_k(logits, k)
 

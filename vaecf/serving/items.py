@@ -88,10 +88,16 @@ class ItemMap:
 
     def originals(self, columns: np.ndarray) -> list[Any]:
         """Original ids (Python ints or strs) of columns, shape (n,); -1 gives None."""
-        columns = np.asarray(columns, dtype=np.int64)
-        taken = self.ids.take(pa.array(np.where(columns < 0, 0, columns)))
-        return [None if c < 0 else v
-                for c, v in zip(columns.tolist(), taken.to_pylist(), strict=True)]
+        return self._objects[np.asarray(columns, dtype=np.int64)].tolist()
+
+    @cached_property
+    def _objects(self) -> np.ndarray:
+        """Original id of each column as a Python object, shape (n_items + 1,), with None last,
+        where column -1 lands: one NumPy take answers :meth:`originals` (a pyarrow take and
+        ``to_pylist`` cost ~0.2 ms per call, a tenth of a one-user call)."""
+        objects = np.empty(self.n_items + 1, dtype=object)
+        objects[: self.n_items] = self.ids.to_pylist()
+        return objects
 
 
 @dataclass

@@ -3,16 +3,19 @@
 Each user's row of known items is L2-normalised, the model scores every item with its mean
 (z = mu, no sampling), the user's own items are excluded unless asked otherwise, and the top k
 are kept. Single users and batches take the same path, :meth:`Recommender.top_k` on a CSR
-matrix, which calls one of two concrete functions of :func:`vaecf.serving.graph.top_k_graph`,
-traced once when the Recommender is built: a few rows select with ``tf.math.top_k`` (fewer ops,
-the one-user latency), many rows with the blocked top-k (the batch throughput). No call
-retraces, and a call converts only its own arrays.
+matrix, which calls one of two concrete functions of :func:`_scoring_function`, traced once when
+the Recommender is built: a few rows select with ``tf.math.top_k`` (fewer ops, the one-user
+latency), many rows with the blocked top-k (the batch throughput). A call hands the CSR arrays
+over as they are (row offsets and columns; the graph derives each pair's row) with ``k`` and the
+exclusion flag as tensors made once, and gets back int64 columns with -1 for excluded slots:
+no retracing, no per-call NumPy work beyond the two conversions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +44,12 @@ class Recommender:
     """
 
     def __init__(self, model: Any, item_map: ItemMap, precision: str = "fp32") -> None:
-        import tensorflow as tf
-
         from vaecf.serving.precision import at_precision
 
         self.model = model = at_precision(model, precision)
         self.precision = precision
         self.item_map = item_map
-        spec = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64),
-                tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int32),
-                tf.TensorSpec([], tf.bool)]
-        self._small, self._large = (
-            tf.function(lambda *args, b=blocked: top_k_graph(model, *args, blocked=b),
-                        jit_compile=False).get_concrete_function(*spec)
-            for blocked in (False, True))
+        self._small, self._large = (_scoring_function(model, blocked) for blocked in (False, True))
 
     @classmethod
     def from_run(cls, path: Path | str, precision: str = "fp32") -> Recommender:
@@ -77,28 +72,53 @@ class Recommender:
             logits. Where fewer than k items remain after exclusion the tail has column -1 and
             score -inf.
         """
-        import tensorflow as tf
-
         k = min(k, self.item_map.n_items)
         n = seen.shape[0]
         if n > BATCH_USERS:   # bound the (rows, n_items) logits
             parts = [self.top_k(seen[s: s + BATCH_USERS], k, exclude_seen)
                      for s in range(0, n, BATCH_USERS)]
             return (np.concatenate([c for c, _ in parts]), np.concatenate([v for _, v in parts]))
-        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(seen.indptr))
         call = self._small if n <= SMALL_ROWS else self._large
-        scores, columns = call(tf.constant(rows), tf.constant(seen.indices, tf.int64),
-                               tf.constant(n, tf.int64), tf.constant(k, tf.int32),
-                               tf.constant(bool(exclude_seen)))
-        scores, columns = scores.numpy(), columns.numpy().astype(np.int64)
-        columns[np.isneginf(scores)] = -1
-        return columns, scores
+        columns, scores = call(seen.indptr.astype(np.int64, copy=False),
+                               seen.indices.astype(np.int64, copy=False), _scalar(k, "int32"),
+                               _scalar(bool(exclude_seen), "bool"))
+        return columns.numpy(), scores.numpy()
 
     def batches(self, seen: scipy.sparse.csr_matrix, k: int, exclude_seen: bool = True,
                 batch_users: int = BATCH_USERS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """:meth:`top_k` over consecutive blocks of ``batch_users`` rows, in order."""
+        if seen.shape[0] <= batch_users:   # no slice: a CSR slice costs ~25 us of a 3 ms call
+            yield self.top_k(seen, k, exclude_seen)
+            return
         for start in range(0, seen.shape[0], batch_users):
             yield self.top_k(seen[start: start + batch_users], k, exclude_seen)
+
+
+def _scoring_function(model: Any, blocked: bool) -> Any:
+    """The concrete function (indptr int64 (n + 1,), indices int64 (nnz,), k int32, exclude
+    bool) -> (columns int64 (n, k), scores float32 (n, k)) of :func:`top_k_graph` for the CSR
+    rows (indptr, indices); columns are -1 where the score is -inf (excluded)."""
+    import tensorflow as tf
+
+    def score(indptr, indices, k, exclude):
+        scores, columns = top_k_graph(model, indptr, indices, k, exclude, blocked)
+        excluded = tf.equal(scores, -np.inf)
+        return tf.where(excluded, tf.constant(-1, tf.int64), tf.cast(columns, tf.int64)), scores
+
+    # Plain positional parameters only: with a keyword parameter that has a default (the old
+    # ``lambda *args, b=blocked``) every call binds it, measured at 1.3x instead of 1.1x the
+    # bare forward on a one-user call.
+    return tf.function(score).get_concrete_function(
+        tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64),
+        tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.bool))
+
+
+@cache
+def _scalar(value: int | bool, dtype: str) -> Any:
+    """A scalar tensor made once per value (k and the exclusion flag of each call)."""
+    import tensorflow as tf
+
+    return tf.constant(value, dtype)
 
 
 @dataclass
