@@ -419,7 +419,7 @@ def create_app(recommender: Recommender, info: dict[str, Any], config: ServeConf
         return k
 
     def job(items: list[int | str], k: int, exclude_seen: bool, source: str) -> Job:
-        request = request_from_ids([str(i) for i in items], item_map, source)
+        request = request_from_ids(items, item_map, source)
         return Job(request, k, exclude_seen)
 
     def answer(job_: Job, result: tuple[list[Any], list[float]]) -> dict[str, Any]:

@@ -66,24 +66,35 @@ class ItemMap:
 
     @cached_property
     def _lookup(self) -> dict[Any, int]:
-        """Original id (Python int or str) -> column; the first column wins a repeated id, as
-        in ``pc.index_in``."""
+        """Every way a request may spell an id -> its column: the id itself (a Python int or
+        str) and its other form under the id rule of :func:`coerce_ids` — the decimal text of
+        an int id ("42"), the int of a string id that is a canonical integer. The first column
+        wins a repeated id, as in ``pc.index_in``."""
         ids = self.ids.to_pylist()
-        return {v: i for i, v in reversed(list(enumerate(ids)))}
+        if pa.types.is_integer(self.ids.type):
+            others = [str(v) for v in ids]
+        else:
+            canonical = canonical_integers(self.ids).to_pylist()
+            others = [int(v) if ok else v for v, ok in zip(ids, canonical, strict=True)]
+        lookup: dict[Any, int] = {}
+        for column in reversed(range(len(ids))):
+            lookup[others[column]] = lookup[ids[column]] = column
+        return lookup
 
-    def columns(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    def columns(self, values: pa.Array | pa.ChunkedArray | list[Any]) -> np.ndarray:
         """int64 columns of ``values`` (shape (n,)), -1 where the id is not in the model.
 
-        Up to :data:`SMALL_LOOKUP` values (one user, as ``--user-items`` and ``vaecf serve``
-        give) are looked up in a dict built once per map; ``pc.index_in`` rebuilds its hash
-        table of every item on each call (~0.15 ms at 3,700 items), which larger inputs
-        amortise. Both give the same columns.
+        A list (one user's ids as Python ints or strs, as ``--user-items`` and ``vaecf serve``
+        give them) and an array of up to :data:`SMALL_LOOKUP` values are looked up in a dict
+        built once per map, which holds both spellings of every id, so no conversion runs per
+        call; ``pc.index_in`` rebuilds its hash table of every item on each call (~0.15 ms at
+        3,700 items), which larger arrays amortise. Both give the same columns.
         """
-        coerced = coerce_ids(values, self.ids.type)
-        if len(coerced) <= SMALL_LOOKUP:
+        if isinstance(values, list) or len(values) <= SMALL_LOOKUP:
             lookup = self._lookup
-            return np.array([lookup.get(v, -1) for v in coerced.to_pylist()], np.int64)
-        found = pc.index_in(coerced, value_set=self.ids)
+            ids = values if isinstance(values, list) else values.to_pylist()
+            return np.fromiter((lookup.get(v, -1) for v in ids), np.int64, len(ids))
+        found = pc.index_in(coerce_ids(values, self.ids.type), value_set=self.ids)
         return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
     def originals(self, columns: np.ndarray) -> list[Any]:
@@ -148,26 +159,28 @@ def request_from_items(text: str, item_map: ItemMap) -> Request:
     return request_from_ids(tokens, item_map)
 
 
-def request_from_ids(tokens: list[str], item_map: ItemMap,
+def request_from_ids(ids: list[Any], item_map: ItemMap,
                      source: str = "--user-items") -> Request:
-    """One user from the original ids of their items, as strings (``--user-items`` split at
-    commas, or the ``items`` of an HTTP request); ``source`` names them in the error.
+    """One user from the original ids of their items (``--user-items`` split at commas, as
+    strings, or the ``items`` of an HTTP request, ints or strings); ``source`` names them in
+    the error.
 
     Raises:
         VaecfError: none of the ids is an item the model knows.
     """
-    columns = item_map.columns(pa.array(tokens, pa.string()))
+    columns = item_map.columns(ids)
+    known = columns[columns >= 0]
     # What _unknown gives, in plain Python: the lists are one user's, short.
-    unknown = list(dict.fromkeys(t for t, c in zip(tokens, columns.tolist(), strict=True)
-                                 if c < 0))
-    if len(unknown) == len(set(tokens)):
+    unknown = [] if known.size == columns.size else list(dict.fromkeys(
+        str(v) for v, c in zip(ids, columns.tolist(), strict=True) if c < 0))
+    if not known.size:
         raise VaecfError(f"{source}: none of the {len(unknown)} item id(s) is known to "
                          f"the model ({_preview(unknown)}); nothing to recommend from")
     # One row: sorted distinct columns are the CSR directly (what _csr builds, without its
     # COO round trip).
-    known = np.unique(columns[columns >= 0])
+    known = np.unique(known).astype(np.int32)
     seen = scipy.sparse.csr_matrix(
-        (np.ones(known.size, np.float32), known.astype(np.int32), np.array([0, known.size])),
+        (np.ones(known.size, np.float32), known, np.array([0, known.size], np.int32)),
         shape=(1, item_map.n_items))
     return Request(None, seen, unknown)
 
