@@ -45,7 +45,7 @@ from vaecf.atomic import make_directory
 from vaecf.bench.flops import matmul_flops, model_forward_flops_per_user
 from vaecf.errors import VaecfError
 from vaecf.serving.items import ItemMap, Request
-from vaecf.serving.recommender import BATCH_USERS, Recommender, score_request
+from vaecf.serving.recommender import BATCH_USERS, Recommender, op_call, score_request
 
 SINGLE_K = 10  # what `vaecf recommend` returns by default
 # Rows of the ceiling matmul: enough for full GEMM speed, small enough to time quickly.
@@ -124,10 +124,11 @@ def _timed(call: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def bare_forward(model: Any) -> Callable[[Any, Any], Any]:
+def bare_forward(model: Any) -> Callable[..., list[Any]]:
     """The model's forward alone for one user, as a concrete function of pre-built tensors
     (cols int64 (n,), values float32 (n,)) returning the logits (1, I): the matmuls a one-user
-    call cannot avoid, nothing else."""
+    call cannot avoid, nothing else, called the way the Recommender calls its own
+    (:func:`vaecf.serving.recommender.op_call`)."""
     import tensorflow as tf
 
     def forward(cols, values):
@@ -135,8 +136,8 @@ def bare_forward(model: Any) -> Callable[[Any, Any], Any]:
         x = tf.SparseTensor(indices, values, tf.constant([1, model.n_items], tf.int64))
         return model(x, training=False)
 
-    return tf.function(forward).get_concrete_function(tf.TensorSpec([None], tf.int64),
-                                                      tf.TensorSpec([None], tf.float32))
+    return op_call(tf.function(forward).get_concrete_function(
+        tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.float32)))
 
 
 def agreement(reference: Recommender, other: Recommender, foldin: Any, targets: Any,
@@ -222,7 +223,7 @@ def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: 
         for p, recommender in recommenders.items():
             latencies[p].append(_timed(
                 lambda r=recommender, u=singles[i]: score_request(r, Request(None, u), SINGLE_K)))
-            forwards[p].append(_timed(lambda f=bare[p], x=inputs[i]: f(*x).numpy()))
+            forwards[p].append(_timed(lambda f=bare[p], x=inputs[i]: f(*x)[0].numpy()))
     single_nnz = float(np.mean([u.nnz for u in singles]))
 
     log.info("measuring the memory bandwidth...")
