@@ -98,7 +98,8 @@ class ItemMap:
         return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
     def originals(self, columns: np.ndarray) -> list[Any]:
-        """Original ids (Python ints or strs) of columns, shape (n,); -1 gives None."""
+        """Original ids (Python ints or strs) of ``columns`` (any shape; nested lists for more
+        than one dimension); -1 gives None."""
         return self._objects[np.asarray(columns, dtype=np.int64)].tolist()
 
     @cached_property

@@ -162,14 +162,12 @@ def score_request(recommender: Recommender, request: Request, k: int, exclude_se
     items: list[list[Any]] = []
     scores: list[list[float]] = []
     for columns, values in recommender.batches(request.seen, k, exclude_seen):
-        keep = columns >= 0
-        # One take for the whole batch; per-row lists are then cut by the rows' counts.
-        flat_ids = recommender.item_map.originals(columns[keep])
-        flat_scores = values[keep].tolist()
-        ends = np.cumsum(keep.sum(axis=1)).tolist()
-        for start, end in zip([0, *ends[:-1]], ends, strict=True):
-            items.append(flat_ids[start:end])
-            scores.append(flat_scores[start:end])
+        # Excluded slots (column -1) are only ever at the end of a row: cut each at its count.
+        counts = (columns >= 0).sum(axis=1).tolist()
+        for ids, row, count in zip(recommender.item_map.originals(columns), values.tolist(),
+                                   counts, strict=True):
+            items.append(ids[:count])
+            scores.append(row[:count])
         if advance is not None:
             advance(columns.shape[0])
     return Recommendations(request.users, items, scores)
