@@ -5,10 +5,11 @@ Each user's row of known items is L2-normalised, the model scores every item wit
 are kept. Single users and batches take the same path, :meth:`Recommender.top_k` on a CSR
 matrix, which calls one of two concrete functions of :func:`_scoring_function`, traced once when
 the Recommender is built: a few rows select with ``tf.math.top_k`` (fewer ops, the one-user
-latency), many rows with the blocked top-k (the batch throughput). A call hands the CSR arrays
-over as they are (row offsets and columns; the graph derives each pair's row) with ``k`` and the
-exclusion flag as tensors made once, and gets back int64 columns with -1 for excluded slots:
-no retracing, no per-call NumPy work beyond the two conversions.
+latency), many rows with the blocked top-k (the batch throughput). A call is one
+``StatefulPartitionedCall`` op (:func:`op_call`) that takes the CSR arrays as they are (row
+offsets and columns; the graph derives each pair's row) with ``k`` and the exclusion flag as
+tensors made once, and gives back int64 columns with -1 for excluded slots: no retracing, no
+per-call NumPy work beyond the two conversions.
 """
 
 from __future__ import annotations
