@@ -124,6 +124,12 @@ def memory_bandwidth(working_sets: tuple[int, ...] = (), repeats: int = 5) -> fl
     return best
 
 
+def latency_percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50, p90 and p99 of latencies given in seconds, in milliseconds."""
+    values = np.asarray(seconds) * 1e3
+    return {f"p{q}": float(np.percentile(values, q)) for q in (50, 90, 99)}
+
+
 def _timed(call: Callable[[], Any]) -> float:
     start = time.perf_counter()
     call()
@@ -250,7 +256,7 @@ def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: 
     def figures(p: str) -> dict[str, Any]:
         weight_bytes = bytes_read(p)
         achieved = batch_size * per_user_flops / seconds[p]
-        lat = {f"p{q}": float(np.percentile(latencies[p], q) * 1e3) for q in (50, 90, 99)}
+        lat = latency_percentiles(latencies[p])
         bare_p50 = float(np.percentile(forwards[p], 50) * 1e3)
         return {
             "precision": p, "batch_seconds": seconds[p], "users_per_s": batch_size / seconds[p],

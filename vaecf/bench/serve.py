@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from vaecf.bench.inference import latency_percentiles
 from vaecf.errors import VaecfError
 
 TOP_K = 10
@@ -154,11 +155,6 @@ def user_items(run: Any, n: int = 1000) -> list[list[Any]]:
     rows = sample_users(run, n)
     return [item_map.originals(rows.indices[rows.indptr[i]: rows.indptr[i + 1]])
             for i in range(rows.shape[0])]
-
-
-def _percentiles(seconds: list[float]) -> dict[str, float]:
-    values = np.asarray(seconds) * 1e3
-    return {f"p{q}": float(np.percentile(values, q)) for q in (50, 90, 99)}
 
 
 def _batch_totals(metrics_text: str) -> tuple[float, float]:
@@ -297,7 +293,7 @@ async def _drive(url: str, bodies: list[bytes], concurrency: int, requests: int,
     return {
         "concurrency": concurrency, "requests": len(latencies), "seconds": seconds,
         "requests_per_s": len(latencies) / seconds,
-        "latency_ms": _percentiles(latencies),
+        "latency_ms": latency_percentiles(latencies),
         "mean_batch_size": (after[0] - before[0]) / calls if calls else 0.0,
         "model_calls": int(calls),
         "errors": sum(errors.values()), "error_kinds": errors,
@@ -320,7 +316,7 @@ async def _floor(url: str, calls: int, client: str = "h11",
                 raise VaecfError(f"GET /healthz answered {status}")
     finally:
         await http.aclose()
-    return _percentiles(latencies)
+    return latency_percentiles(latencies)
 
 
 def in_process_p50(run: Any, users: list[list[Any]], calls: int = IN_PROCESS_CALLS,
@@ -341,7 +337,7 @@ def in_process_p50(run: Any, users: list[list[Any]], calls: int = IN_PROCESS_CAL
         start = time.perf_counter()
         score_request(recommender, Request(None, seen), TOP_K)
         latencies.append(time.perf_counter() - start)
-    return _percentiles(latencies)
+    return latency_percentiles(latencies)
 
 
 def run(run_path: Path | str, concurrency: list[int], requests: int = 2000,
