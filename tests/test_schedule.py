@@ -8,7 +8,7 @@ import json
 from vaecf.cli.tables import stop_reason
 from vaecf.model.rundir import RunDir
 from vaecf.settings import TrainSettings
-from vaecf.training.schedule import schedule_of
+from vaecf.training.schedule import planned_epochs, schedule_of
 
 SMALL = ["--hidden", "64", "--latent", "16", "--batch-size", "100", "--backend", "cpu"]
 
@@ -25,7 +25,8 @@ def test_automatic_schedule_waits_for_the_cap_and_scales_patience():
     # β = step / 50 reaches the cap 0.2 at step 10: epoch 4 with 3 steps per epoch.
     s = schedule_of(TrainSettings(anneal_steps=50, anneal_cap=0.2, validate_every=2),
                     steps_per_epoch=3)
-    assert (s.automatic, s.last_epoch, s.planned_epochs) == (True, 1000, 200)
+    assert (s.automatic, s.last_epoch) == (True, 1000)
+    assert planned_epochs(TrainSettings()) == 200
     assert s.earliest_stop == 4
     assert s.patience == 15   # 30 epochs' worth of validations every 2 epochs
     assert not s.stops(3, 15) and s.stops(4, 15) and not s.stops(40, 14)

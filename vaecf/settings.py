@@ -90,7 +90,8 @@ class TrainSettings(_Section):
     lr: float = Field(1e-3, gt=0)
     anneal_cap: float = Field(0.2, ge=0)
     anneal_steps: int | None = Field(None, ge=1)
-    # Without anneal_steps: β reaches anneal_cap after this share of all training steps.
+    # Without anneal_steps: β reaches anneal_cap after this share of the planned epochs'
+    # steps (epochs, or plan_epochs with the automatic schedule).
     anneal_fraction: float = Field(0.5, gt=0, le=1)
     validate_every: int = Field(1, ge=1)
     # Validations without a better NDCG@100 that stop training. Unset: 30 epochs' worth with

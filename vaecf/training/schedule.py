@@ -38,14 +38,12 @@ class Schedule:
         last_epoch: the epoch at which training ends if nothing stops it earlier.
         patience: validations without improvement that stop training (None: never).
         earliest_stop: the first epoch at which patience may stop training.
-        planned_epochs: epochs the β annealing is planned over.
     """
 
     automatic: bool
     last_epoch: int
     patience: int | None
     earliest_stop: int
-    planned_epochs: int
 
     def stops(self, epoch: int, bad_validations: int) -> bool:
         """Whether training stops after ``epoch`` with ``bad_validations`` validations since
@@ -58,13 +56,13 @@ def schedule_of(train: TrainSettings, steps_per_epoch: int) -> Schedule:
     """The schedule of ``train`` (with ``anneal_steps`` resolved) for ``steps_per_epoch``
     optimizer steps per epoch."""
     if train.epochs is not None:
-        return Schedule(False, train.epochs, train.patience, 0, train.epochs)
+        return Schedule(False, train.epochs, train.patience, 0)
     patience = train.patience or math.ceil(AUTO_PATIENCE_EPOCHS / train.validate_every)
     # The epoch in which β = step / anneal_steps reaches the cap (RecVAE, which has no β,
     # uses the same point: half the plan by default).
     cap_step = (train.anneal_steps or 1) * train.anneal_cap
     earliest = min(math.ceil(cap_step / max(1, steps_per_epoch)), train.max_epochs)
-    return Schedule(True, train.max_epochs, patience, earliest, train.plan_epochs)
+    return Schedule(True, train.max_epochs, patience, earliest)
 
 
 def planned_epochs(train: TrainSettings) -> int:
