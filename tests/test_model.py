@@ -1,12 +1,19 @@
-"""MultVAE: shapes, dtypes, sparse == dense input, deterministic noise, loss formulas."""
+"""MultVAE: shapes, dtypes, sparse == dense input, deterministic noise, loss formulas, and the
+training-speed forms of the first layer (row slices, dropped non-zeros left out)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from vaecf.model.multvae import MultVAE, kl_divergence, multinomial_nll
+from vaecf.backend import cpu_backend
+from vaecf.data.dataset import Dataset
+from vaecf.model import multvae
+from vaecf.model.batches import epoch_order, iterate
+from vaecf.model.multvae import MultVAE, input_dropout, kl_divergence, multinomial_nll
 
 N_ITEMS = 300
 
@@ -90,3 +97,66 @@ def test_xla_first_layer_equals_sparse_matmul():
     compiled = tf.function(lambda x: xla(x), jit_compile=True)
     np.testing.assert_allclose(compiled(normalised).numpy(), plain(normalised).numpy(),
                                rtol=1e-4, atol=1e-5)
+
+
+def _real_batch(dataset: Path, users: int = 200):
+    """The first training batch of the bundled MovieLens data, from the real input pipeline:
+    (SparseTensor (users, I) L2-normalised, its binary targets (users, I), I)."""
+    data = Dataset.open(dataset)
+    backend = cpu_backend()
+    matrix = data.train_matrix()
+    batch = next(iterate(backend, backend.csr(matrix), epoch_order(matrix.shape[0], 0, 0, 0),
+                         matrix.shape[0] // users))
+    shape = (batch.size, data.n_items)
+    return (tf.SparseTensor(batch.indices, batch.values, shape),
+            tf.SparseTensor(batch.indices, batch.targets, shape), data.n_items)
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_row_slices_give_the_unsliced_step(small_dataset, monkeypatch, parts):
+    """The first layer cut into row slices (how training runs it on a CPU) computes the same
+    logits, loss and gradients as one product, on a real batch."""
+    x, targets, n_items = _real_batch(small_dataset)
+    slices = multvae.row_slices(x, parts)
+    assert sum(int(tf.size(s.values)) for s in slices) == int(tf.size(x.values))
+    users = int(x.dense_shape[0])
+    for p, s in enumerate(slices):   # consecutive blocks of rows, each of the full shape
+        assert s.dense_shape.numpy().tolist() == x.dense_shape.numpy().tolist()
+        rows = s.indices[:, 0].numpy()
+        assert users * p // parts <= rows.min() and rows.max() < users * (p + 1) // parts
+
+    def step(n: int):
+        monkeypatch.setattr(multvae, "row_parts", lambda: n)
+        model = MultVAE(n_items, hidden=64, latent=16, dropout=0.5)
+        with tf.GradientTape() as tape:
+            logits, mu, logvar = model.forward(x, training=True, seed=tf.constant([3, 4]))
+            loss = multinomial_nll(logits, targets) + 0.2 * kl_divergence(mu, logvar)
+        return logits, loss, tape.gradient(loss, model.trainable_variables)
+
+    (logits_1, loss_1, grads_1), (logits_n, loss_n, grads_n) = step(1), step(parts)
+    np.testing.assert_allclose(logits_n.numpy(), logits_1.numpy(), rtol=1e-5, atol=1e-5)
+    assert float(loss_n) == pytest.approx(float(loss_1), rel=1e-6)
+    for a, b in zip(grads_n, grads_1, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_sparse_dropout_leaves_out_the_dropped_non_zeros(small_dataset):
+    """Dropped entries leave the sparse input; kept ones are scaled by 1/(1 − rate); which
+    ones is a function of the seed; and the first layer gives what the same input with the
+    dropped entries written as explicit zeros gives."""
+    x, _, n_items = _real_batch(small_dataset)
+    seed = tf.constant([5, 6])
+    dropped = input_dropout(x, 0.5, seed)
+    original = dict(zip(map(tuple, x.indices.numpy()), x.values.numpy(), strict=True))
+    kept = list(map(tuple, dropped.indices.numpy()))
+    assert 0.45 < len(kept) / len(original) < 0.55
+    np.testing.assert_allclose(dropped.values.numpy(), [2 * original[k] for k in kept],
+                               rtol=1e-6)
+    again = input_dropout(x, 0.5, seed)
+    np.testing.assert_array_equal(again.indices.numpy(), dropped.indices.numpy())
+    # Explicit zeros in place of the dropped entries: the same first-layer product.
+    zeros = tf.SparseTensor(x.indices, tf.sparse.to_dense(dropped).numpy()[
+        tuple(x.indices.numpy().T)], x.dense_shape)
+    layer = MultVAE(n_items, hidden=64, latent=16).encoder_hidden
+    np.testing.assert_allclose(layer(dropped).numpy(), layer(zeros).numpy(), rtol=1e-6,
+                               atol=1e-7)

@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vaecf.model.multvae import SparseInputDense, multinomial_nll
+from vaecf.model.multvae import SparseInputDense, input_dropout, multinomial_nll
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -88,23 +88,14 @@ class DenseEncoder(keras.layers.Layer):
         self.out = _linear(2 * latent, hidden, None, seed + 2 * layers, f"{prefix}_out", dtype)
         self.built = True
 
-    def call(self, x):
-        h = self.norms[0](self.first(x))
+    def call(self, x, training: bool = False):
+        h = self.norms[0](self.first(x, training=training))
         total = h
         for dense, norm in zip(self.dense, self.norms[1:], strict=True):
             h = norm(keras.activations.silu(dense(h) + total))
             total = total + h
         q = tf.cast(self.out(h), tf.float32)
         return q[:, : self.latent], q[:, self.latent:]
-
-
-def _drop(x, rate: float, seed):
-    """Inverted dropout on a sparse tensor's non-zeros (or a dense tensor), stateless."""
-    keep = 1.0 - rate
-    if isinstance(x, tf.SparseTensor):
-        mask = tf.random.stateless_uniform(tf.shape(x.values), seed) < keep
-        return tf.SparseTensor(x.indices, tf.where(mask, x.values / keep, 0.0), x.dense_shape)
-    return tf.nn.experimental.stateless_dropout(x, rate, seed)
 
 
 class RecVAE(keras.Model):
@@ -164,8 +155,8 @@ class RecVAE(keras.Model):
         """(mu, logvar), float32 (B, L); with ``training`` the input gets dropout (``seed``
         (2,) int required)."""
         if training and self.dropout > 0:
-            x = _drop(x, self.dropout, seed)
-        return self.encoder(x)
+            x = input_dropout(x, self.dropout, seed)
+        return self.encoder(x, training=training)
 
     def decode(self, z):
         """Float32 logits (B, I) from z (B, L)."""
