@@ -437,12 +437,37 @@ def test_real_server_takes_its_key_from_the_environment_and_drains_on_sigterm(se
             httpx.get(running.url + "/healthz", timeout=TIMEOUT)
 
 
-def test_bench_serve_runs_end_to_end(serve_run, tmp_path, cli):
+def test_a_failed_model_call_is_a_json_500_and_the_server_goes_on(serve_run):
+    from vaecf.model.rundir import RunDir
+    from vaecf.serving.http import ServeConfig, create_app, model_info
+    from vaecf.serving.items import ItemMap
+    from vaecf.serving.recommender import Recommender
+
+    class Failing(Recommender):
+        def top_k(self, seen, *args, **kwargs):
+            if seen.shape[0] == 1 and seen.indices.size == 1:  # the user with one item fails
+                raise RuntimeError("the model broke")
+            return super().top_k(seen, *args, **kwargs)
+
+    run = RunDir.open(serve_run)
+    failing = Failing(run.load_model(), ItemMap(run.item_ids))
+    with app_on_a_thread(create_app(failing, model_info(run, failing), ServeConfig())) as url:
+        broken = post(url, "/v1/recommend", {"items": [1]})
+        assert broken.status_code == 500
+        assert broken.json() == {"error": "internal server error"}
+        assert post(url, "/v1/recommend", {"items": [1, 260]}).status_code == 200
+        metrics = httpx.get(url + "/metrics", timeout=TIMEOUT).text
+    assert _value(metrics, 'vaecf_http_requests_total{endpoint="/v1/recommend",status="500"}') == 1
+
+
+@pytest.mark.parametrize("client", ["h11", "httptools"])
+def test_bench_serve_runs_end_to_end(serve_run, tmp_path, cli, client):
     out = tmp_path / "serve.json"
     result = cli("bench", "serve", "--run", serve_run, "--concurrency", "1,4",
-                 "--requests", "60", "--json", out)
+                 "--requests", "60", "--client", client, "--json", out)
     assert result.code == 0, result.err
     r = json.loads(out.read_text())
+    assert r["client"] == client
     assert [level["concurrency"] for level in r["levels"]] == [1, 4]
     for level in r["levels"]:
         assert level["requests"] == 60 and level["errors"] == 0

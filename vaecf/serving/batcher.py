@@ -1,11 +1,12 @@
 """Dynamic batching: concurrent requests gathered into one model call.
 
-Every user to score is a :class:`Job` (their known items as a one-row CSR, ``k``,
-``exclude_seen``). Jobs wait in a bounded :class:`asyncio.Queue`; one worker coroutine takes the
-first, gathers more until the batch holds ``max_batch`` users or ``max_wait`` seconds have passed,
-and scores the whole batch with one :func:`vaecf.serving.recommender.score_request` — one
-:meth:`Recommender.top_k` call — on a single worker thread, so the event loop keeps accepting
-requests while the model runs. Requests that arrive during a model call form the next batch.
+Every user to score is a :class:`Job` (their known items' columns, ``k``, ``exclude_seen``; a
+batch's CSR is built once, when it is scored). Jobs wait in a bounded :class:`asyncio.Queue`;
+one worker coroutine takes the first, gathers more until the batch holds ``max_batch`` users or
+``max_wait`` seconds have passed, and scores the whole batch with one
+:func:`vaecf.serving.recommender.score_request` — one :meth:`Recommender.top_k` call — on a
+single worker thread, so the event loop keeps accepting requests while the model runs. Requests
+that arrive during a model call form the next batch.
 
 How long to wait: a batch closes early once it is as large as the previous one. A lone client's
 batches hold one user, so it never waits; 64 clients that got their answers together come back
@@ -31,9 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.sparse
 
-from vaecf.serving.items import Request
+from vaecf.serving.items import Request, rows_of_columns
 from vaecf.serving.recommender import Recommender, score_request
 
 
@@ -46,30 +46,17 @@ class Job:
     """One user to score.
 
     Attributes:
-        request: the user's parsed request (one row of known items, unknown ids).
+        columns: the user's known items, sorted distinct int32 columns
+            (:func:`vaecf.serving.items.known_columns`).
         k: items to return.
         exclude_seen: never return the user's own items.
         future: set to ``(items, scores)`` by the worker.
     """
 
-    request: Request
+    columns: np.ndarray
     k: int
     exclude_seen: bool
     future: asyncio.Future = field(repr=False, default=None)  # type: ignore[assignment]
-
-
-def stack_rows(matrices: list[scipy.sparse.csr_matrix]) -> scipy.sparse.csr_matrix:
-    """The rows of CSR matrices (same width, sorted indices) one under the other: what
-    ``scipy.sparse.vstack(..., format="csr")`` gives, ~10x faster for many one-row matrices."""
-    if len(matrices) == 1:
-        return matrices[0]
-    ends = np.cumsum([m.indptr[-1] for m in matrices])
-    indptr = np.concatenate([[0], *(m.indptr[1:] + start
-                                    for m, start in zip(matrices, [0, *ends[:-1]], strict=True))])
-    return scipy.sparse.csr_matrix(
-        (np.concatenate([m.data for m in matrices]),
-         np.concatenate([m.indices for m in matrices]), indptr),
-        shape=(len(indptr) - 1, matrices[0].shape[1]))
 
 
 def score_jobs(recommender: Recommender, jobs: list[Job]) -> list[tuple[list[Any], list[float]]]:
@@ -81,7 +68,7 @@ def score_jobs(recommender: Recommender, jobs: list[Job]) -> list[tuple[list[Any
         picked = [i for i, job in enumerate(jobs) if job.exclude_seen is exclude]
         if not picked:
             continue
-        seen = stack_rows([jobs[i].request.seen for i in picked])
+        seen = rows_of_columns([jobs[i].columns for i in picked], recommender.item_map.n_items)
         k = max(jobs[i].k for i in picked)
         recs = score_request(recommender, Request(None, seen), k, exclude)
         for i, items, scores in zip(picked, recs.items, recs.scores, strict=True):
@@ -172,17 +159,14 @@ class Batcher:
         self._drain_now(batch, self.max_batch)
         target = min(self._target, self.max_batch)
         if len(batch) < target and self.max_wait > 0:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.max_wait
-            while len(batch) < target:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
-                self._drain_now(batch, self.max_batch)
+            # One timeout around the whole wait, not asyncio.wait_for per job: that wraps each
+            # get() in a task of its own. A get() cut short leaves its job in the queue.
+            deadline = asyncio.get_running_loop().time() + self.max_wait
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    while len(batch) < target:
+                        batch.append(await self._queue.get())
+                        self._drain_now(batch, self.max_batch)
         return batch
 
     async def _work(self) -> None:

@@ -25,7 +25,9 @@ When an API key is set, every path except ``/healthz``, ``/readyz``, ``/docs`` a
 from __future__ import annotations
 
 import hmac
+import inspect
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -33,9 +35,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
-import scipy.sparse
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import (
@@ -49,12 +49,10 @@ from pydantic import (
     ValidationError,
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
 
 from vaecf.errors import VaecfError
 from vaecf.serving.batcher import Batcher, Job, Overloaded, score_jobs
-from vaecf.serving.items import ItemMap, request_from_ids
-from vaecf.serving.items import Request as UserRequest
+from vaecf.serving.items import ItemMap, known_columns
 from vaecf.serving.recommender import Recommender
 
 MAX_BODY_BYTES = 1 << 20
@@ -136,6 +134,15 @@ class ServeConfig:
     api_key: str | None = None
 
 
+@dataclass
+class ServeState:
+    """The running service: its batcher (None until the app has started) and whether it is
+    shutting down."""
+
+    batcher: Batcher | None = None
+    draining: bool = False
+
+
 class Metrics:
     """Prometheus series in a registry of their own (one per app)."""
 
@@ -157,10 +164,21 @@ class Metrics:
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("vaecf_queue_depth", "Users waiting for a model call.",
                                  registry=self.registry)
+        # The labelled children, looked up once each: labels() checks its arguments and takes
+        # the metric's lock on every call.
+        self._counted: dict[tuple[str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, str(status)).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        counter = self._counted.get((endpoint, status))
+        if counter is None:
+            counter = self._counted[endpoint, status] = self.requests.labels(endpoint,
+                                                                             str(status))
+        latency = self._timed.get(endpoint)
+        if latency is None:
+            latency = self._timed[endpoint] = self.latency.labels(endpoint)
+        counter.inc()
+        latency.observe(seconds)
 
     def observe_batch(self, users: int, seconds: float) -> None:
         self.batch_size.observe(users)
@@ -173,28 +191,49 @@ class Metrics:
 
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
+# What an endpoint answered by :class:`Service` itself gives: (status, JSON document, extra
+# headers or None).
+Answer = tuple[int, Any, dict[str, str] | None]
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# As Starlette's JSONResponse writes JSON (compact, UTF-8, no NaN), without its Response object.
+_encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False,
+                                separators=(",", ":")).encode
+_log = logging.getLogger("uvicorn.error")
 
 
-async def _send_error(send: Callable, status: int, message: str,
-                      headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"error": message}).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+async def _send_json(send: Callable, status: int, document: Any,
+                     headers: dict[str, str] | None = None) -> int:
+    """Send ``document`` as the whole JSON response; returns ``status``."""
+    body = _encode_json(document).encode()
+    raw = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    if headers:
+        raw += [(k.encode(), v.encode()) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+    return status
 
 
-class Guard:
-    """ASGI middleware in front of every route: counts and times each request for /metrics,
-    checks the API key, and refuses bodies over ``max_body`` bytes before they reach JSON
-    parsing (by Content-Length, or by counting a chunked body); bodies are read as JSON whatever
-    their Content-Type."""
+class Service:
+    """The ASGI app ``vaecf serve`` runs: in front of every request it counts and times it for
+    /metrics, checks the API key, and refuses bodies over ``max_body`` bytes before they are
+    parsed (by Content-Length, or by counting a chunked body; bodies are read as JSON whatever
+    their Content-Type). ``direct`` endpoints (the two POST /v1/recommend paths) are answered
+    here, as functions of the body; every other path goes on to ``app`` (FastAPI), whose
+    middleware, routing and request objects cost more than the rest of a recommend request's
+    HTTP handling together (see docs/serving-http.md).
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, api_key: str | None,
+    Attributes:
+        state: the running service (batcher, draining), set by the app's lifespan.
+    """
+
+    def __init__(self, app: ASGIApp, state: ServeState, metrics: Metrics, api_key: str | None,
+                 direct: dict[str, Callable[[bytes], Awaitable[Answer]]],
                  max_body: int = MAX_BODY_BYTES) -> None:
         self.app = app
+        self.state = state
         self.metrics = metrics
         self.api_key = api_key.encode() if api_key else None
+        self.direct = direct
         self.max_body = max_body
 
     def _authorized(self, scope: dict) -> bool:
@@ -206,7 +245,7 @@ class Guard:
         return False
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http":   # lifespan
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
@@ -222,22 +261,26 @@ class Guard:
         try:
             if self.api_key is not None and path not in OPEN_PATHS \
                     and not self._authorized(scope):
-                await _send_error(counted_send, 401, "missing or wrong API key: send "
-                                  "'Authorization: Bearer KEY'", {"www-authenticate": "Bearer"})
+                status = await _send_json(send, 401, {"error": "missing or wrong API key: send "
+                                          "'Authorization: Bearer KEY'"},
+                                          {"www-authenticate": "Bearer"})
                 return
-            if scope["method"] in ("POST", "PUT", "PATCH"):
+            body = None
+            if scope["method"] in BODY_METHODS:
                 body = await self._read_body(scope, receive)
                 if body is None:
-                    await _send_error(counted_send, 413, f"request body is larger than "
-                                      f"{self.max_body:,} bytes")
+                    status = await _send_json(send, 413, {"error": "request body is larger "
+                                              f"than {self.max_body:,} bytes"})
                     return
-                receive = _replay(body, receive)
-                # Every body is read as JSON, whatever Content-Type the client sent (curl -d
-                # sends a form type); a body that is not JSON gets 400 "malformed JSON".
-                scope = {**scope, "headers": [
-                    *(h for h in scope["headers"] if h[0] != b"content-type"),
-                    (b"content-type", b"application/json")]}
-            await self.app(scope, receive, counted_send)
+            endpoint = self.direct.get(path)
+            if endpoint is None:
+                await self.app(scope, receive if body is None else _replay(body, receive),
+                               counted_send)
+            elif scope["method"] != "POST":
+                status = await _send_json(send, 405, {"error": "Method Not Allowed"},
+                                          {"allow": "POST"})
+            else:
+                status = await _send_json(send, *await endpoint(body))
         finally:
             self.metrics.observe_request(path if path in ENDPOINTS else "other", status,
                                          time.perf_counter() - start)
@@ -258,7 +301,7 @@ class Guard:
                 return None
             chunks.append(chunk)
             more = message.get("more_body", False)
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Callable) -> Callable:
@@ -276,9 +319,9 @@ def _replay(body: bytes, receive: Callable) -> Callable:
 
 
 def _error_location(loc: tuple) -> str:
-    """("body", "users", 2, "items", 0) -> "users[2].items[0]"."""
+    """("users", 2, "items", 0) -> "users[2].items[0]"."""
     text = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
+    for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "body"
 
@@ -296,17 +339,14 @@ def _item_problem(value: Any, errors: list[dict]) -> str:
             f"{json.dumps(value)[:40]}")
 
 
-def _validation_message(error: RequestValidationError) -> tuple[int, str]:
-    """(status, one line) for a FastAPI validation error: 400 for unparsable JSON or a body that
-    is not an object, else 422 naming the first field at fault."""
-    errors = list(error.errors())
+def _validation_message(errors: list[dict]) -> tuple[int, str]:
+    """(status, one line) for pydantic's errors of a request body: 400 for unparsable JSON or a
+    body that is not an object, else 422 naming the first field at fault."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
     if first.get("type") == "json_invalid":
         detail = first.get("ctx", {}).get("error", "")
         return 400, f"malformed JSON: {detail}".rstrip(": ")
     loc = tuple(first.get("loc", ()))
-    if first.get("type") == "missing" and loc == ("body",):
-        return 400, "the request needs a JSON body"
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     count = len(errors)
     if loc and loc[-1] in _UNION_TAGS:
@@ -354,22 +394,99 @@ def warm_up(recommender: Recommender, max_batch: int, top_k: int) -> None:
     rng = np.random.default_rng(0)
     size = 1
     while True:
-        cols = np.sort(rng.choice(n_items, size=min(5, n_items), replace=False))
-        seen = scipy.sparse.csr_matrix((np.ones(cols.size, np.float32), cols,
-                                        [0, cols.size]), shape=(1, n_items))
-        jobs = [Job(UserRequest(None, seen), top_k, True) for _ in range(size)]
+        columns = np.sort(rng.choice(n_items, size=min(5, n_items), replace=False))
+        jobs = [Job(columns.astype(np.int32), top_k, True) for _ in range(size)]
         score_jobs(recommender, jobs)
         if size >= max_batch:
             break
         size = min(2 * size, max_batch)
-    score_jobs(recommender, [Job(UserRequest(None, seen), top_k, False)])
+    score_jobs(recommender, [Job(columns.astype(np.int32), top_k, False)])
 
 
-def create_app(recommender: Recommender, info: dict[str, Any], config: ServeConfig) -> FastAPI:
+class Recommend:
+    """``POST /v1/recommend`` and ``POST /v1/recommend:batch`` as functions of the request
+    body, answered by :class:`Service` without FastAPI's per-request machinery; their OpenAPI
+    description comes from :func:`create_app`.
+
+    A body is parsed by pydantic's own JSON parser straight into its model (about half the time
+    of ``json.loads`` then validation), each user's ids by the same
+    :func:`vaecf.serving.items.known_columns` as ``--user-items``, and every user goes through
+    the batcher.
+    """
+
+    def __init__(self, item_map: ItemMap, config: ServeConfig, state: ServeState) -> None:
+        self.item_map = item_map
+        self.config = config
+        self.state = state
+
+    async def one(self, body: bytes) -> Answer:
+        return await self._answer(self.recommend, body)
+
+    async def many(self, body: bytes) -> Answer:
+        return await self._answer(self.recommend_batch, body)
+
+    async def recommend(self, body: bytes) -> dict[str, Any]:
+        """Top-k items for one user (the same answer as `vaecf recommend --user-items`)."""
+        request = RecommendRequest.model_validate_json(body)
+        k = self._k(request.k)
+        columns, unknown = known_columns(request.items, self.item_map, "items")
+        (result,) = await self._run([Job(columns, k, request.exclude_seen)])
+        return _recommendation(result, unknown)
+
+    async def recommend_batch(self, body: bytes) -> dict[str, Any]:
+        """Top-k items for each of many users, in order; refused whole (422 naming the user) if
+        any user has no item the model knows."""
+        request = BatchRequest.model_validate_json(body)
+        if len(request.users) > self.config.max_queue:
+            raise VaecfError(f"users: {len(request.users):,} users is more than the server's "
+                             f"queue holds ({self.config.max_queue:,}); send fewer per request")
+        k = self._k(request.k)
+        users = [known_columns(user.items, self.item_map, f"users[{i}].items")
+                 for i, user in enumerate(request.users)]
+        results = await self._run([Job(columns, k, request.exclude_seen) for columns, _ in users])
+        return {"results": [_recommendation(result, unknown)
+                            for (_, unknown), result in zip(users, results, strict=True)]}
+
+    async def _answer(self, handler: Callable[[bytes], Awaitable[dict[str, Any]]],
+                      body: bytes) -> Answer:
+        """``handler``'s answer, or the error it raised as its status and JSON message."""
+        try:
+            return 200, await handler(body), None
+        except ValidationError as error:
+            status, message = _validation_message(error.errors(include_url=False))
+        except VaecfError as error:
+            status, message = 422, str(error)
+        except Overloaded:
+            return 503, {"error": f"server busy: more than {self.config.max_queue:,} users are "
+                                  "waiting; retry later"}, {"retry-after": str(RETRY_AFTER_S)}
+        except Exception:  # noqa: BLE001 - a failed model call: logged, and a JSON 500
+            _log.exception("a recommend request failed")
+            status, message = 500, "internal server error"
+        return status, {"error": message}, None
+
+    def _k(self, k: int | None) -> int:
+        k = self.config.top_k if k is None else k
+        if k > self.item_map.n_items:
+            raise VaecfError(f"k: {k} is more than the model's {self.item_map.n_items:,} items")
+        return k
+
+    async def _run(self, jobs: list[Job]) -> list[tuple[list[Any], list[float]]]:
+        batcher = self.state.batcher
+        if batcher is None or not batcher.running:
+            raise Overloaded()
+        return await batcher.submit(jobs)
+
+
+def _recommendation(result: tuple[list[Any], list[float]], unknown: list[str]) -> dict[str, Any]:
+    """One user's answer: items, scores rounded to 6 decimals as the CLI's JSON, unknown ids."""
+    items, scores = result
+    return {"items": items, "scores": [round(s, 6) for s in scores], "unknown": unknown}
+
+
+def create_app(recommender: Recommender, info: dict[str, Any], config: ServeConfig) -> Service:
     """The ASGI app serving ``recommender`` (already warmed up, see :func:`warm_up`)."""
-    item_map: ItemMap = recommender.item_map
     metrics = Metrics(config.max_batch)
-    state: dict[str, Any] = {"batcher": None, "draining": False}
+    state = ServeState()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -377,11 +494,11 @@ def create_app(recommender: Recommender, info: dict[str, Any], config: ServeConf
                           config.max_queue, metrics.observe_batch)
         metrics.queue_depth.set_function(lambda: batcher.depth)
         batcher.start()
-        state["batcher"] = batcher
+        state.batcher = batcher
         try:
             yield
         finally:
-            state["draining"] = True
+            state.draining = True
             await batcher.stop()
 
     app = FastAPI(
@@ -392,86 +509,22 @@ def create_app(recommender: Recommender, info: dict[str, Any], config: ServeConf
         lifespan=lifespan,
         responses=ERRORS,
     )
-    app.state.serve = state
-    app.add_middleware(Guard, metrics=metrics, api_key=config.api_key)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
-        status, message = _validation_message(error)
-        return JSONResponse({"error": message}, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, error: StarletteHTTPException) -> Response:
         return JSONResponse({"error": str(error.detail)}, status_code=error.status_code,
                             headers=getattr(error, "headers", None))
 
-    @app.exception_handler(Overloaded)
-    async def _overloaded(_request: Request, _error: Overloaded) -> JSONResponse:
-        return JSONResponse({"error": f"server busy: more than {config.max_queue:,} users are "
-                             "waiting; retry later"}, status_code=503,
-                            headers={"Retry-After": str(RETRY_AFTER_S)})
-
-    @app.exception_handler(VaecfError)
-    async def _unusable(_request: Request, error: VaecfError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=422)
-
-    def check_k(k: int | None) -> int:
-        k = config.top_k if k is None else k
-        if k > item_map.n_items:
-            raise VaecfError(f"k: {k} is more than the model's {item_map.n_items:,} items")
-        return k
-
-    def job(items: list[int | str], k: int, exclude_seen: bool, source: str) -> Job:
-        request = request_from_ids(items, item_map, source)
-        return Job(request, k, exclude_seen)
-
-    def answer(job_: Job, result: tuple[list[Any], list[float]]) -> dict[str, Any]:
-        items, scores = result
-        return {"items": items, "scores": [round(float(s), 6) for s in scores],
-                "unknown": job_.request.unknown}
-
-    async def run(jobs: list[Job]) -> list[tuple[list[Any], list[float]]]:
-        batcher: Batcher | None = state["batcher"]
-        if batcher is None or not batcher.running:
-            raise Overloaded()
-        return await batcher.submit(jobs)
-
-    # Bodies are parsed by pydantic's own JSON parser straight into the model (about half the
-    # time of FastAPI's json.loads + validation); the schema is declared for OpenAPI by hand.
-    async def recommend(request: Request) -> JSONResponse:
-        """Top-k items for one user (the same answer as `vaecf recommend --user-items`)."""
-        body = _parse(RecommendRequest, await request.body())
-        one = job(body.items, check_k(body.k), body.exclude_seen, "items")
-        (result,) = await run([one])
-        return JSONResponse(answer(one, result))
-
-    async def recommend_batch(request: Request) -> JSONResponse:
-        """Top-k items for each of many users, in order; refused whole (422 naming the user) if
-        any user has no item the model knows."""
-        body = _parse(BatchRequest, await request.body())
-        if len(body.users) > config.max_queue:
-            raise VaecfError(f"users: {len(body.users):,} users is more than the server's queue "
-                             f"holds ({config.max_queue:,}); send fewer per request")
-        k = check_k(body.k)
-        jobs = [job(user.items, k, body.exclude_seen, f"users[{i}].items")
-                for i, user in enumerate(body.users)]
-        results = await run(jobs)
-        return JSONResponse({"results": [answer(j, r) for j, r in zip(jobs, results,
-                                                                      strict=True)]})
-
-    # The two hot endpoints run as plain Starlette routes, first in the routing table (routes
-    # are matched in order, each by a regular expression): FastAPI's per-request machinery
-    # (dependency solving, an exit stack) cost ~35 us of the ~80 us a request spends in the
-    # framework and handler, and matching past the docs routes ~9% of the event loop's time.
-    # A router that never serves describes them for OpenAPI.
+    recommend = Recommend(recommender.item_map, config, state)
+    # A router that never serves describes the two endpoints that Service answers itself.
     described = APIRouter()
-    for position, (path, endpoint, body_model, answer_model) in enumerate((
-            ("/v1/recommend", recommend, RecommendRequest, Recommendation),
-            ("/v1/recommend:batch", recommend_batch, BatchRequest, BatchResponse))):
-        app.router.routes.insert(position, Route(path, endpoint, methods=["POST"]))
-        described.add_api_route(path, endpoint, methods=["POST"], response_model=answer_model,
-                                tags=["recommend"], responses=ERRORS,
-                                openapi_extra=_body_schema(body_model))
+    for path, handler, body_model, answer_model in (
+            ("/v1/recommend", recommend.recommend, RecommendRequest, Recommendation),
+            ("/v1/recommend:batch", recommend.recommend_batch, BatchRequest, BatchResponse)):
+        described.add_api_route(path, _described_elsewhere, methods=["POST"],
+                                name=handler.__name__, description=inspect.getdoc(handler),
+                                response_model=answer_model, tags=["recommend"],
+                                responses=ERRORS, openapi_extra=_body_schema(body_model))
 
     @app.get("/v1/model", tags=["model"])
     async def model() -> dict[str, Any]:
@@ -489,9 +542,9 @@ def create_app(recommender: Recommender, info: dict[str, Any], config: ServeConf
     @app.get("/readyz", tags=["probes"], responses={503: {"model": ErrorResponse}})
     async def readyz() -> JSONResponse:
         """The model is loaded and warmed and the server is not shutting down."""
-        batcher: Batcher | None = state["batcher"]
-        if state["draining"] or batcher is None or not batcher.running:
-            return JSONResponse({"error": "not ready" if not state["draining"]
+        batcher = state.batcher
+        if state.draining or batcher is None or not batcher.running:
+            return JSONResponse({"error": "not ready" if not state.draining
                                  else "shutting down"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
@@ -516,7 +569,13 @@ def create_app(recommender: Recommender, info: dict[str, Any], config: ServeConf
         return app.openapi_schema
 
     app.openapi = openapi
-    return app
+    return Service(app, state, metrics, config.api_key,
+                   {"/v1/recommend": recommend.one, "/v1/recommend:batch": recommend.many})
+
+
+def _described_elsewhere() -> None:
+    """The endpoint of a route that is only described (in OpenAPI), never served: its path is
+    answered by :class:`Service` before FastAPI routes anything."""
 
 
 _REF = "#/components/schemas/{model}"
@@ -526,14 +585,6 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     """OpenAPI ``requestBody`` of an endpoint whose JSON body is ``model``."""
     return {"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": _REF.format(model=model.__name__)}}}}}
-
-
-def _parse(model: type[BaseModel], body: bytes) -> Any:
-    """``body`` as ``model``; a validation error as FastAPI's, so one handler words both."""
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as error:
-        raise RequestValidationError(error.errors(include_url=False)) from None
 
 
 def bind(host: str, port: int):
@@ -562,7 +613,7 @@ def bind(host: str, port: int):
     return sock
 
 
-def serve(app: FastAPI, sock: Any, on_listening: Callable[[str], None],
+def serve(app: Service, sock: Any, on_listening: Callable[[str], None],
           graceful_timeout_s: int = 30) -> None:
     """Run ``app`` on the bound socket until SIGTERM or Ctrl-C; then stop accepting, finish the
     requests in flight (up to ``graceful_timeout_s``), and return normally. A second Ctrl-C
@@ -572,13 +623,13 @@ def serve(app: FastAPI, sock: Any, on_listening: Callable[[str], None],
 
     import uvicorn
 
-    state = app.state.serve
+    state = app.state
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
-            if not state["draining"]:
+            if not state.draining:
                 print("vaecf serve: stopping; finishing the requests in flight", flush=True)
-            state["draining"] = True
+            state.draining = True
             super().handle_exit(sig, frame)
 
         async def startup(self, sockets: list | None = None) -> None:
