@@ -13,10 +13,11 @@ Endpoints (the OpenAPI schema is at ``/openapi.json``, browsable at ``/docs``):
   shutting down), ``GET /metrics`` (Prometheus text format).
 
 Every user goes through the :class:`vaecf.serving.batcher.Batcher`, so concurrent requests share
-model calls. Errors are JSON ``{"error": "..."}``: 400 malformed JSON, 401 missing or wrong API
-key, 404/405 unknown path or method, 413 body over :data:`MAX_BODY_BYTES`, 422 a field with a wrong
-type or out of range, or a user none of whose items the model knows, 503 (with ``Retry-After``)
-queue full.
+model calls. The two POST endpoints are answered by :class:`Service` itself (see
+:class:`Recommend`), the other paths by FastAPI. Errors are JSON ``{"error": "..."}``: 400
+malformed JSON, 401 missing or wrong API key, 404/405 unknown path or method, 413 body over
+:data:`MAX_BODY_BYTES`, 422 a field with a wrong type or out of range, or a user none of whose
+items the model knows, 503 (with ``Retry-After``) queue full, 500 a failed model call.
 
 When an API key is set, every path except ``/healthz``, ``/readyz``, ``/docs`` and
 ``/openapi.json`` needs ``Authorization: Bearer KEY``, compared in constant time.
@@ -251,13 +252,6 @@ class Service:
         start = time.perf_counter()
         path = scope["path"]
         status = 499  # the client went away before an answer started
-
-        async def counted_send(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         try:
             if self.api_key is not None and path not in OPEN_PATHS \
                     and not self._authorized(scope):
@@ -274,6 +268,12 @@ class Service:
                     return
             endpoint = self.direct.get(path)
             if endpoint is None:
+                async def counted_send(message: dict) -> None:
+                    nonlocal status
+                    if message["type"] == "http.response.start":
+                        status = message["status"]
+                    await send(message)
+
                 await self.app(scope, receive if body is None else _replay(body, receive),
                                counted_send)
             elif scope["method"] != "POST":
