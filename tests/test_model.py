@@ -113,9 +113,9 @@ def _real_batch(dataset: Path, users: int = 200):
 
 
 @pytest.mark.parametrize("parts", [2, 3])
-def test_row_slices_give_the_unsliced_step(small_dataset, monkeypatch, parts):
-    """The first layer cut into row slices (how training runs it on a CPU) computes the same
-    logits, loss and gradients as one product, on a real batch."""
+def test_row_slices_give_the_unsliced_step(small_dataset, parts):
+    """The first layer cut into blocks of rows (how training and batch scoring run it on a
+    CPU) computes the same logits, loss and gradients as one product, on a real batch."""
     x, targets, n_items = _real_batch(small_dataset)
     slices = multvae.row_slices(x, parts)
     assert sum(int(tf.size(s.values)) for s in slices) == int(tf.size(x.values))
@@ -125,14 +125,17 @@ def test_row_slices_give_the_unsliced_step(small_dataset, monkeypatch, parts):
         rows = s.indices[:, 0].numpy()
         assert users * p // parts <= rows.min() and rows.max() < users * (p + 1) // parts
 
-    def step(n: int):
-        monkeypatch.setattr(multvae, "row_parts", lambda: n)
+    def step(blocks: int):
         model = MultVAE(n_items, hidden=64, latent=16, dropout=0.5)
         with tf.GradientTape() as tape:
-            logits, mu, logvar = model.forward(x, training=True, seed=tf.constant([3, 4]))
+            logits, mu, logvar = model.forward(x, training=True, seed=tf.constant([3, 4]),
+                                               row_blocks=blocks)
             loss = multinomial_nll(logits, targets) + 0.2 * kl_divergence(mu, logvar)
         return logits, loss, tape.gradient(loss, model.trainable_variables)
 
+    layer = MultVAE(n_items, hidden=64, latent=16).encoder_hidden
+    graph = tf.function(lambda x: layer(x, row_blocks=parts)).get_concrete_function(x).graph
+    assert [op.type for op in graph.get_operations()].count("SparseTensorDenseMatMul") == parts
     (logits_1, loss_1, grads_1), (logits_n, loss_n, grads_n) = step(1), step(parts)
     np.testing.assert_allclose(logits_n.numpy(), logits_1.numpy(), rtol=1e-5, atol=1e-5)
     assert float(loss_n) == pytest.approx(float(loss_1), rel=1e-6)

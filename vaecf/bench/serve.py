@@ -2,8 +2,10 @@
 
 The server is the real one (``python -m vaecf serve`` in a subprocess on a free 127.0.0.1 port,
 this checkout's code), driven by async clients in this process, each with one keep-alive
-connection: :class:`H11Client` (h11 over asyncio streams) by default, or ``httpx.AsyncClient``
-(``--client httpx``; it spends far more CPU per request than the server does). Figures:
+connection: :class:`HttptoolsClient` (whole requests written, responses parsed by httptools) by
+default, :class:`H11Client` (h11 over asyncio streams, ``--client h11``), or
+``httpx.AsyncClient`` (``--client httpx``; it spends far more CPU per request than the server
+does). Figures:
 
 - **empty round trip**: p50 of ``GET /healthz`` from one client — what HTTP, uvicorn, the
   middleware and the client cost with no model work;
@@ -345,7 +347,8 @@ def _run_async(coroutine: Coroutine[Any, Any, Any]) -> Any:
 
 
 async def _drive(url: str, bodies: list[bytes], concurrency: int, requests: int,
-                 client: str = "h11", headers: dict[str, str] | None = None) -> dict[str, Any]:
+                 client: str = "httptools",
+                 headers: dict[str, str] | None = None) -> dict[str, Any]:
     """``requests`` POST /v1/recommend of ``bodies`` (JSON, encoded beforehand, used in turn)
     from ``concurrency`` closed-loop clients, each with its own keep-alive connection."""
     make = CLIENTS[client]
@@ -399,7 +402,7 @@ async def _drive(url: str, bodies: list[bytes], concurrency: int, requests: int,
     }
 
 
-async def _floor(url: str, calls: int, client: str = "h11",
+async def _floor(url: str, calls: int, client: str = "httptools",
                  headers: dict[str, str] | None = None) -> dict[str, float]:
     """Latency of GET /healthz from one client (the HTTP round trip with no model work)."""
     http = CLIENTS[client](url, headers)
@@ -440,7 +443,7 @@ def in_process_p50(run: Any, users: list[list[Any]], calls: int = IN_PROCESS_CAL
 
 
 def run(run_path: Path | str, concurrency: list[int], requests: int = 2000,
-        server_args: list[str] | None = None, client: str = "h11",
+        server_args: list[str] | None = None, client: str = "httptools",
         precision: str = "fp32") -> dict[str, Any]:
     """Start the server, measure it (see the module docstring), stop it; returns the figures.
 

@@ -23,6 +23,8 @@ def model_scorer(model: Any, backend: Backend) -> Scorer:
     """Scores = the model's float32 logits for the L2-normalised fold-in rows."""
     import tensorflow as tf
 
+    from vaecf.model.multvae import row_parts
+
     to_tf, to_xp = backend.to_tf, backend.from_tf
     n_items = model.n_items
 
@@ -30,7 +32,8 @@ def model_scorer(model: Any, backend: Backend) -> Scorer:
                                   tf.TensorSpec([None], tf.float32),
                                   tf.TensorSpec([], tf.int64)], reduce_retracing=True)
     def logits(indices, values, size):
-        return model(tf.SparseTensor(indices, values, tf.stack([size, n_items])))
+        return model(tf.SparseTensor(indices, values, tf.stack([size, n_items])),
+                     row_blocks=row_parts())
 
     def score(rows: Any, batch: Batch) -> Any:
         out = logits(to_tf(batch.indices), to_tf(batch.values), tf.constant(batch.size,

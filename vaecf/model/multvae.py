@@ -50,7 +50,9 @@ class SparseInputDense(keras.layers.Layer):
             name="bias", shape=(self.units,),
             initializer=keras.initializers.TruncatedNormal(stddev=_BIAS_STDDEV, seed=self.seed))
 
-    def call(self, x, training: bool = False):
+    def call(self, x, row_blocks: int = 1):
+        """``activation(x @ kernel + bias)`` (B, units); a sparse x is multiplied as
+        ``row_blocks`` blocks of rows side by side (see :func:`row_parts`)."""
         kernel = tf.cast(self.kernel, self.compute_dtype)
         if isinstance(x, tf.SparseTensor) and self.xla:
             # XLA has no kernel for SparseTensorDenseMatMul: Σ over a row's non-zeros of
@@ -61,21 +63,23 @@ class SparseInputDense(keras.layers.Layer):
             h = tf.math.unsorted_segment_sum(picked, rows, tf.cast(x.dense_shape[0], tf.int32))
         elif isinstance(x, tf.SparseTensor):
             x = tf.SparseTensor(x.indices, tf.cast(x.values, self.compute_dtype), x.dense_shape)
-            # TensorFlow's CPU kernel for this product (and for its gradient, the adjoint
-            # product) runs on one thread; row slices run side by side on the inter-op pool
-            # (~0.7x the time of this layer at the ML-1M shape on 2 cores). Only in training:
-            # serving's one-user calls would just pay for the extra ops.
-            parts = row_parts() if training else 1
             h = tf.add_n([tf.sparse.sparse_dense_matmul(part, kernel)
-                          for part in row_slices(x, parts)])
+                          for part in row_slices(x, row_blocks)])
         else:
             h = tf.matmul(tf.cast(x, self.compute_dtype), kernel)
         return self.activation(h + tf.cast(self.bias, self.compute_dtype))
 
 
 def row_parts() -> int:
-    """How many row slices :class:`SparseInputDense` cuts a training batch into: one per
-    intra-op thread on a CPU, 1 where a GPU runs the product (its kernel is parallel)."""
+    """How many blocks of rows a batch's sparse first-layer product is best cut into: one per
+    intra-op thread on a CPU, 1 where a GPU runs it.
+
+    TensorFlow's CPU kernel for ``SparseTensorDenseMatMul`` (and for the adjoint product of
+    its gradient) runs on one thread; blocks of rows run side by side on the inter-op pool
+    (the layer with its gradient 0.7x the time at the ML-1M shape on 2 cores). Training and
+    evaluation pass this as ``row_blocks``. Serving keeps 1: in its batch graph the exclusion
+    mask is built on the other thread meanwhile, so blocks measured no faster there, and in a
+    one-user call the extra ops would cost more than they save."""
     if tf.config.list_logical_devices("GPU"):
         return 1
     return (tf.config.threading.get_intra_op_parallelism_threads()
@@ -141,11 +145,12 @@ class MultVAE(keras.Model):
         self.decoder_out.build((None, hidden))
         self.built = True
 
-    def encode(self, x, training: bool = False, seed=None):
-        """(mu, logvar), each float32 (B, L). ``seed`` (2,) int32 is required when training."""
+    def encode(self, x, training: bool = False, seed=None, row_blocks: int = 1):
+        """(mu, logvar), each float32 (B, L). ``seed`` (2,) int32 is required when training;
+        ``row_blocks``: see :meth:`SparseInputDense.call`."""
         if training and self.dropout > 0:
             x = input_dropout(x, self.dropout, seed)
-        h = self.encoder_hidden(x, training=training)
+        h = self.encoder_hidden(x, row_blocks=row_blocks)
         q = tf.cast(self.encoder_out(h), tf.float32)
         return q[:, : self.latent], q[:, self.latent:]
 
@@ -153,9 +158,9 @@ class MultVAE(keras.Model):
         """Float32 logits (B, I) from z (B, L)."""
         return tf.cast(self.decoder_out(self.decoder_hidden(z)), tf.float32)
 
-    def forward(self, x, training: bool = False, seed=None):
+    def forward(self, x, training: bool = False, seed=None, row_blocks: int = 1):
         """(logits float32 (B, I), mu (B, L), logvar (B, L)); z is sampled only when training."""
-        mu, logvar = self.encode(x, training, seed)
+        mu, logvar = self.encode(x, training, seed, row_blocks)
         z = mu
         if training and self.sample_latent:
             noise_seed = tf.random.experimental.stateless_fold_in(seed, 1)
@@ -163,9 +168,9 @@ class MultVAE(keras.Model):
             z = mu + (self.noise_std * eps) * tf.exp(0.5 * logvar)
         return self.decode(z), mu, logvar
 
-    def call(self, x, training: bool = False):
+    def call(self, x, training: bool = False, row_blocks: int = 1):
         """Evaluation forward: float32 logits (B, I) from an L2-normalised (B, I) input."""
-        return self.forward(x, training=False)[0]
+        return self.forward(x, training=False, row_blocks=row_blocks)[0]
 
     def get_config(self) -> dict:
         return {"n_items": self.n_items, "hidden": self.hidden, "latent": self.latent,

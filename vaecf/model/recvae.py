@@ -88,8 +88,8 @@ class DenseEncoder(keras.layers.Layer):
         self.out = _linear(2 * latent, hidden, None, seed + 2 * layers, f"{prefix}_out", dtype)
         self.built = True
 
-    def call(self, x, training: bool = False):
-        h = self.norms[0](self.first(x, training=training))
+    def call(self, x, row_blocks: int = 1):
+        h = self.norms[0](self.first(x, row_blocks=row_blocks))
         total = h
         for dense, norm in zip(self.dense, self.norms[1:], strict=True):
             h = norm(keras.activations.silu(dense(h) + total))
@@ -151,21 +151,22 @@ class RecVAE(keras.Model):
         for old, new in zip(self.prior_encoder.weights, self.encoder.weights, strict=True):
             old.assign(new)
 
-    def encode(self, x, training: bool = False, seed=None):
+    def encode(self, x, training: bool = False, seed=None, row_blocks: int = 1):
         """(mu, logvar), float32 (B, L); with ``training`` the input gets dropout (``seed``
         (2,) int required)."""
         if training and self.dropout > 0:
             x = input_dropout(x, self.dropout, seed)
-        return self.encoder(x, training=training)
+        return self.encoder(x, row_blocks=row_blocks)
 
     def decode(self, z):
         """Float32 logits (B, I) from z (B, L)."""
         return tf.cast(self.decoder(z), tf.float32)
 
-    def forward(self, x, training: bool = False, seed=None, dropout: bool = True):
+    def forward(self, x, training: bool = False, seed=None, dropout: bool = True,
+                row_blocks: int = 1):
         """(logits, z, mu, logvar), float32. Training samples z (and drops input non-zeros
         when ``dropout``); noise is keyed by ``seed``."""
-        mu, logvar = self.encode(x, training and dropout, seed)
+        mu, logvar = self.encode(x, training and dropout, seed, row_blocks)
         z = mu
         if training and self.sample_latent:
             eps = tf.random.stateless_normal(tf.shape(mu),
@@ -173,16 +174,16 @@ class RecVAE(keras.Model):
             z = mu + eps * tf.exp(0.5 * logvar)
         return self.decode(z), z, mu, logvar
 
-    def prior_log_density(self, x, z):
+    def prior_log_density(self, x, z, row_blocks: int = 1):
         """log p(z_d | x) per dimension, float32 (B, L): the composite prior with the frozen
         encoder's posterior for input ``x`` (L2-normalised, no dropout)."""
-        prior_mu, prior_logvar = self.prior_encoder(x)
+        prior_mu, prior_logvar = self.prior_encoder(x, row_blocks=row_blocks)
         return composite_prior_log_density(z, prior_mu, prior_logvar, self.prior_weights,
                                            self.wide_logvar)
 
-    def call(self, x, training: bool = False):
+    def call(self, x, training: bool = False, row_blocks: int = 1):
         """Evaluation forward: float32 logits (B, I) of decoder(mu)."""
-        return self.decode(self.encode(x)[0])
+        return self.decode(self.encode(x, row_blocks=row_blocks)[0])
 
     def get_config(self) -> dict:
         return {"n_items": self.n_items, "hidden": self.hidden, "latent": self.latent,

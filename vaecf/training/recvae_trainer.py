@@ -60,6 +60,7 @@ class RecVAETrainer:
         import keras
         import tensorflow as tf
 
+        from vaecf.model.multvae import row_parts
         from vaecf.model.recvae import RecVAE, recvae_loss
 
         m, r, t = settings.model, settings.recvae, settings.train
@@ -90,10 +91,11 @@ class RecVAETrainer:
             def gradients(indices, values, targets, size, gamma, seed):
                 shape = tf.stack([size, n_items])
                 x = tf.SparseTensor(indices, values, shape)
+                blocks = row_parts()
                 with tf.GradientTape() as tape:
                     logits, z, mu, logvar = model.forward(x, training=True, seed=seed,
-                                                          dropout=dropout)
-                    prior = model.prior_log_density(x, z)
+                                                          dropout=dropout, row_blocks=blocks)
+                    prior = model.prior_log_density(x, z, blocks)
                     loss, nll, kl = recvae_loss(logits, z, mu, logvar, prior,
                                                 tf.SparseTensor(indices, targets, shape), gamma)
                     scaled = optimizer.scale_loss(loss)

@@ -86,7 +86,7 @@ class Trainer:
         import keras
         import tensorflow as tf
 
-        from vaecf.model.multvae import MultVAE, kl_divergence, multinomial_nll
+        from vaecf.model.multvae import MultVAE, kl_divergence, multinomial_nll, row_parts
 
         m, t = settings.model, settings.train
         self.model = MultVAE(n_items, m.hidden, m.latent, m.dropout, m.activation,
@@ -108,7 +108,8 @@ class Trainer:
             shape = tf.stack([size, n_items])
             with tf.GradientTape() as tape:
                 logits, mu, logvar = model.forward(tf.SparseTensor(indices, values, shape),
-                                                   training=True, seed=seed)
+                                                   training=True, seed=seed,
+                                                   row_blocks=row_parts())
                 nll = multinomial_nll(logits, tf.SparseTensor(indices, targets, shape))
                 kl = kl_divergence(mu, logvar)
                 loss = nll + beta * kl
