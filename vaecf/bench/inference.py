@@ -133,6 +133,13 @@ def _timed(call: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def one_user_seconds(recommender: Recommender, seen: Any, k: int = SINGLE_K) -> float:
+    """Seconds of one single-user call as ``vaecf recommend --user-items`` makes it
+    (:func:`score_request` on ``seen``, a one-row CSR built beforehand): the figure both
+    ``bench inference`` and ``bench serve`` report as the in-process one-user latency."""
+    return _timed(lambda: score_request(recommender, Request(None, seen), k))
+
+
 def bare_forward(model: Any) -> Callable[..., list[Any]]:
     """The model's forward alone for one user, as a concrete function of pre-built tensors
     (cols int64 (n,), values float32 (n,)) returning the logits (1, I): the matmuls a one-user
@@ -208,7 +215,7 @@ def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: 
     for recommender in recommenders.values():
         recommender.top_k(batch[: min(batch_size, 256)], top_k)
         for i in range(20):
-            score_request(recommender, Request(None, singles[i]), SINGLE_K)
+            one_user_seconds(recommender, singles[i])
     for forward in bare.values():
         forward(*inputs[0])
 
@@ -230,8 +237,7 @@ def run(run_path: Any, batch_size: int = 24576, top_k: int = 100, single_calls: 
     forwards = {p: [] for p in precisions}
     for i in range(single_calls):
         for p, recommender in recommenders.items():
-            latencies[p].append(_timed(
-                lambda r=recommender, u=singles[i]: score_request(r, Request(None, u), SINGLE_K)))
+            latencies[p].append(one_user_seconds(recommender, singles[i]))
             forwards[p].append(_timed(lambda f=bare[p], x=inputs[i]: f(*x)[0].numpy()))
     single_nnz = float(np.mean([u.nnz for u in singles]))
 

@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from vaecf.bench.inference import latency_percentiles
+from vaecf.bench.inference import latency_percentiles, one_user_seconds
 from vaecf.errors import VaecfError
 
 TOP_K = 10
@@ -425,21 +425,16 @@ def in_process_p50(run: Any, users: list[list[Any]], calls: int = IN_PROCESS_CAL
                    precision: str = "fp32") -> dict[str, float]:
     """One-user latency of :func:`score_request` in this process (as ``vaecf bench inference``
     times it: the user's CSR built beforehand), over ``calls`` calls after 20 warm-up calls."""
-    from vaecf.serving.items import ItemMap, Request, request_from_ids
-    from vaecf.serving.recommender import Recommender, score_request
+    from vaecf.serving.items import ItemMap, request_from_ids
+    from vaecf.serving.recommender import Recommender
 
     recommender = Recommender(run.load_model(), ItemMap(run.item_ids), precision)
     requests = [request_from_ids([str(i) for i in items], recommender.item_map)
                 for items in users[: min(calls, len(users))]]
     for request in requests[:20]:
-        score_request(recommender, Request(None, request.seen), TOP_K)
-    latencies = []
-    for i in range(calls):
-        seen = requests[i % len(requests)].seen
-        start = time.perf_counter()
-        score_request(recommender, Request(None, seen), TOP_K)
-        latencies.append(time.perf_counter() - start)
-    return latency_percentiles(latencies)
+        one_user_seconds(recommender, request.seen, TOP_K)
+    return latency_percentiles([one_user_seconds(recommender, requests[i % len(requests)].seen,
+                                                 TOP_K) for i in range(calls)])
 
 
 def run(run_path: Path | str, concurrency: list[int], requests: int = 2000,
