@@ -167,7 +167,7 @@ TOO_MANY_ITEMS = {"items": list(range(10_001))}
 
 @pytest.mark.parametrize(("body", "status", "names"), [
     ('{"items": [1, 260', 400, "malformed JSON"),
-    ("", 400, "JSON"),
+    ("", 400, "the request needs a JSON body"),
     ("[1, 2]", 400, "JSON object"),
     ({"items": []}, 422, "items"),
     (TOO_MANY_ITEMS, 422, "items"),

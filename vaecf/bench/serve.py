@@ -347,8 +347,7 @@ def _run_async(coroutine: Coroutine[Any, Any, Any]) -> Any:
 
 
 async def _drive(url: str, bodies: list[bytes], concurrency: int, requests: int,
-                 client: str = "httptools",
-                 headers: dict[str, str] | None = None) -> dict[str, Any]:
+                 client: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """``requests`` POST /v1/recommend of ``bodies`` (JSON, encoded beforehand, used in turn)
     from ``concurrency`` closed-loop clients, each with its own keep-alive connection."""
     make = CLIENTS[client]
@@ -402,7 +401,7 @@ async def _drive(url: str, bodies: list[bytes], concurrency: int, requests: int,
     }
 
 
-async def _floor(url: str, calls: int, client: str = "httptools",
+async def _floor(url: str, calls: int, client: str,
                  headers: dict[str, str] | None = None) -> dict[str, float]:
     """Latency of GET /healthz from one client (the HTTP round trip with no model work)."""
     http = CLIENTS[client](url, headers)

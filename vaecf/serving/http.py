@@ -450,6 +450,8 @@ class Recommend:
     async def _answer(self, handler: Callable[[bytes], Awaitable[dict[str, Any]]],
                       body: bytes) -> Answer:
         """``handler``'s answer, or the error it raised as its status and JSON message."""
+        if not body.strip():   # pydantic would say "EOF while parsing a value at ... column 0"
+            return 400, {"error": "the request needs a JSON body"}, None
         try:
             return 200, await handler(body), None
         except ValidationError as error:
