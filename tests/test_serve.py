@@ -460,14 +460,15 @@ def test_a_failed_model_call_is_a_json_500_and_the_server_goes_on(serve_run):
     assert _value(metrics, 'vaecf_http_requests_total{endpoint="/v1/recommend",status="500"}') == 1
 
 
-@pytest.mark.parametrize("client", ["h11", "httptools"])
-def test_bench_serve_runs_end_to_end(serve_run, tmp_path, cli, client):
+@pytest.mark.parametrize(("client", "workers"), [("h11", 1), ("httptools", 1), ("httptools", 2)])
+def test_bench_serve_runs_end_to_end(serve_run, tmp_path, cli, client, workers):
     out = tmp_path / "serve.json"
     result = cli("bench", "serve", "--run", serve_run, "--concurrency", "1,4",
-                 "--requests", "60", "--client", client, "--json", out)
+                 "--requests", "60", "--client", client, "--workers", workers, "--json", out)
     assert result.code == 0, result.err
     r = json.loads(out.read_text())
     assert r["client"] == client
+    assert r["server_args"][-2:] == ["--workers", str(workers)]
     assert [level["concurrency"] for level in r["levels"]] == [1, 4]
     for level in r["levels"]:
         assert level["requests"] == 60 and level["errors"] == 0

@@ -39,6 +39,8 @@ def bench_serve(
     precision: Annotated[Literal["fp32", "bf16"], typer.Option(
         "--precision", help="The server's --precision (and the in-process figure's).")
                          ] = "fp32",
+    workers: Annotated[int, typer.Option(
+        "--workers", help="The server's --workers (processes on the port).")] = 1,
     client: Annotated[str, typer.Option(
         "--client", help="Load client: httptools (requests written whole, responses parsed by "
         "httptools' C parser, 0.03-0.06 ms of CPU per request), h11 (h11 over asyncio streams, "
@@ -68,13 +70,14 @@ def bench_serve(
                          f"({max(levels)})")
     r = run_bench(run, levels, requests, ["--max-batch", str(max_batch), "--max-wait-ms",
                                           str(max_wait_ms), "--max-queue", str(max_queue),
-                                          "--precision", precision],
+                                          "--precision", precision, "--workers", str(workers)],
                   client, precision)
 
     table = Table(title=f"vaecf bench serve  ({r['items']:,} items, H={r['hidden']}, "
                         f"L={r['latent']}, {precision}; top {r['top_k']}; max batch "
                         f"{max_batch}, max wait "
-                        f"{max_wait_ms:g} ms; client {r['client']})")
+                        f"{max_wait_ms:g} ms; {workers} worker{'s' * (workers > 1)}; client "
+                        f"{r['client']})")
     for name in ("clients", "requests", "requests/s", "p50 ms", "p90 ms", "p99 ms",
                  "users/model call", "errors"):
         table.add_column(name, justify="right")

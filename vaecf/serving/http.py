@@ -145,12 +145,22 @@ class ServeState:
 
 
 class Metrics:
-    """Prometheus series in a registry of their own (one per app)."""
+    """Prometheus series in a registry of their own (one per app).
+
+    Under ``vaecf serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set by the supervisor,
+    :mod:`vaecf.serving.workers`) every worker writes its values to files in that directory and
+    a scrape, whichever worker answers it, sums them over all workers (prometheus-client's
+    multiprocess mode): the queue depth over the live workers, counters and histograms over
+    every worker that ever ran.
+    """
 
     def __init__(self, max_batch: int) -> None:
+        import os
+
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
+        self.shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.requests = Counter("vaecf_http_requests", "HTTP requests answered.",
                                 ["endpoint", "status"], registry=self.registry)
         self.latency = Histogram("vaecf_http_request_duration_seconds",
@@ -163,8 +173,10 @@ class Metrics:
         self.batch_seconds = Histogram("vaecf_batch_duration_seconds",
                                        "Time of one model call (scoring, top-k, id mapping).",
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
+        # Set by the batcher as users come and go (a callback gauge cannot be summed over
+        # processes).
         self.queue_depth = Gauge("vaecf_queue_depth", "Users waiting for a model call.",
-                                 registry=self.registry)
+                                 registry=self.registry, multiprocess_mode="livesum")
         # The labelled children, looked up once each: labels() checks its arguments and takes
         # the metric's lock on every call.
         self._counted: dict[tuple[str, int], Any] = {}
@@ -186,9 +198,13 @@ class Metrics:
         self.batch_seconds.observe(seconds)
 
     def text(self) -> bytes:
-        from prometheus_client import generate_latest
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
-        return generate_latest(self.registry)
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, self.shared_dir)
+        return generate_latest(registry)
 
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
@@ -387,6 +403,15 @@ def model_info(run: Any, recommender: Recommender) -> dict[str, Any]:
     }
 
 
+def load_service(run: Any, precision: str, config: ServeConfig) -> tuple[Service, dict[str, Any]]:
+    """The app serving the best weights of ``run`` (a :class:`vaecf.model.rundir.RunDir`),
+    loaded and warmed up, and what ``GET /v1/model`` says of it."""
+    recommender = Recommender(run.load_model(), ItemMap(run.item_ids), precision)
+    warm_up(recommender, config.max_batch, config.top_k)
+    info = model_info(run, recommender)
+    return create_app(recommender, info, config), info
+
+
 def warm_up(recommender: Recommender, max_batch: int, top_k: int) -> None:
     """Trace the scoring graph and run every power-of-two batch size up to ``max_batch``
     through the path requests take, so no request pays for tracing or first-use setup."""
@@ -493,8 +518,7 @@ def create_app(recommender: Recommender, info: dict[str, Any], config: ServeConf
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         batcher = Batcher(recommender, config.max_batch, config.max_wait_ms / 1e3,
-                          config.max_queue, metrics.observe_batch)
-        metrics.queue_depth.set_function(lambda: batcher.depth)
+                          config.max_queue, metrics.observe_batch, metrics.queue_depth.set)
         batcher.start()
         state.batcher = batcher
         try:
@@ -589,8 +613,9 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
         "schema": {"$ref": _REF.format(model=model.__name__)}}}}}
 
 
-def bind(host: str, port: int):
-    """A listening TCP socket on host:port (port 0: any free one).
+def bind(host: str, port: int, listen: bool = True):
+    """A TCP socket bound to host:port (port 0: any free one), listening unless ``listen`` is
+    False: then it only holds the port for the listeners :func:`listener` opens beside it.
 
     Raises:
         VaecfError: the address cannot be used (in use, not this machine's, no permission).
@@ -605,9 +630,12 @@ def bind(host: str, port: int):
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if not listen:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(address)
-        sock.listen(2048)
+        if listen:
+            sock.listen(2048)
     except OSError as error:
         sock.close()
         raise VaecfError(f"cannot listen on {host}:{port}: {error.strerror}") from None
@@ -615,11 +643,27 @@ def bind(host: str, port: int):
     return sock
 
 
+def listener(holder: Any):
+    """A listening socket of its own on the address ``holder`` (from ``bind(..., listen=False)``)
+    holds: the kernel spreads new connections evenly over such listeners (SO_REUSEPORT), where
+    processes sharing one listening socket take them as fast as each accepts (64 connections
+    arriving together split 16/48 between two workers)."""
+    import socket
+
+    sock = socket.socket(holder.family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(holder.getsockname())
+    sock.listen(2048)
+    return sock
+
+
 def serve(app: Service, sock: Any, on_listening: Callable[[str], None],
-          graceful_timeout_s: int = 30) -> None:
+          graceful_timeout_s: int = 30, announce_stop: bool = True) -> None:
     """Run ``app`` on the bound socket until SIGTERM or Ctrl-C; then stop accepting, finish the
     requests in flight (up to ``graceful_timeout_s``), and return normally. A second Ctrl-C
-    stops at once."""
+    stops at once. ``announce_stop``: print that it is stopping (a worker of
+    :mod:`vaecf.serving.workers` leaves that to its supervisor)."""
     import gc
     import signal
 
@@ -629,7 +673,7 @@ def serve(app: Service, sock: Any, on_listening: Callable[[str], None],
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
-            if not state.draining:
+            if not state.draining and announce_stop:
                 print("vaecf serve: stopping; finishing the requests in flight", flush=True)
             state.draining = True
             super().handle_exit(sig, frame)
