@@ -370,9 +370,12 @@ def test_a_recvae_run_serves_too(small_dataset, tmp_path, cli):
     (["--api-key-env", "X", "--no-auth"], "not both"),
     (["--top-k", "100000"], "--top-k"),
     (["--precision", "int8"], "--precision"),
+    (["--workers", "0"], "--workers 0: must be from 1 to 64"),
+    (["bench", "--client", "curl"], "'curl' is not one of 'httptools', 'h11', 'httpx'"),
 ])
 def test_command_line_mistakes_are_one_line_exit_2(serve_run, cli, args, message):
-    result = cli("serve", "--run", serve_run, *args)
+    command = ["bench", "serve"] if args[0] == "bench" else ["serve"]
+    result = cli(*command, "--run", serve_run, *args[len(command) - 1:])
     assert result.code == 2
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.err

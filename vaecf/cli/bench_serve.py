@@ -41,7 +41,7 @@ def bench_serve(
                          ] = "fp32",
     workers: Annotated[int, typer.Option(
         "--workers", help="The server's --workers (processes on the port).")] = 1,
-    client: Annotated[str, typer.Option(
+    client: Annotated[Literal["httptools", "h11", "httpx"], typer.Option(
         "--client", help="Load client: httptools (requests written whole, responses parsed by "
         "httptools' C parser, 0.03-0.06 ms of CPU per request), h11 (h11 over asyncio streams, "
         "0.12-0.3 ms) or httpx (httpx.AsyncClient, 1.5-3 ms per request on a 2-core machine: "
