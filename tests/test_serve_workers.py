@@ -164,3 +164,19 @@ def test_a_worker_that_cannot_start_is_one_line_exit_2(serve_run, tmp_path, cli)
     assert len(lines) == 1 and "a server worker did not start" in lines[0] \
         and "is damaged" in lines[0], result.err
     assert "Traceback" not in result.err
+
+
+def test_workers_refuse_a_port_another_server_shares(serve_run, cli):
+    """SO_REUSEPORT lets sockets of one user bind a port together: a second server must not
+    quietly join the first one's port."""
+    import socket
+
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = cli("serve", "--run", serve_run, "--port", port, "--workers", "2")
+    assert result.code == 2
+    assert result.err.strip() == (f"error: cannot listen on 127.0.0.1:{port}: another server "
+                                  "is listening there"), result.err

@@ -628,6 +628,8 @@ def bind(host: str, port: int, listen: bool = True):
     except socket.gaierror as error:
         raise VaecfError(f"--host: cannot resolve {host!r}: {error.strerror}") from None
     family, kind, proto, _, address = infos[0]
+    if not listen and port != 0:
+        _refuse_a_listener(family, address)
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if not listen:
@@ -641,6 +643,27 @@ def bind(host: str, port: int, listen: bool = True):
         raise VaecfError(f"cannot listen on {host}:{port}: {error.strerror}") from None
     sock.set_inheritable(True)
     return sock
+
+
+def _refuse_a_listener(family: int, address: tuple) -> None:
+    """Raise if something already listens on ``address``. Sockets with SO_REUSEPORT of the same
+    user may bind a port together, so a second ``vaecf serve --workers`` on a port in use
+    would otherwise start and take part of the first one's connections.
+
+    Raises:
+        VaecfError: a connection to the address succeeds.
+    """
+    import ipaddress
+    import socket
+
+    host, port = address[:2]
+    if ipaddress.ip_address(host).is_unspecified:   # 0.0.0.0 or ::: ask this machine
+        host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        if probe.connect_ex((host, port)) == 0:
+            raise VaecfError(f"cannot listen on {address[0]}:{port}: another server is "
+                             "listening there")
 
 
 def listener(holder: Any):
