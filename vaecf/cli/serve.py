@@ -139,5 +139,6 @@ def serve(
 
     spec = WorkerSpec(str(run), precision, max_batch, max_wait_ms, max_queue, top_k,
                       api_key_env, threads=1)
-    if Supervisor(spec, sock, workers).run(listening) != 0:
-        raise typer.Exit(1)
+    code = Supervisor(spec, sock, workers).run(listening)
+    if code:
+        raise typer.Exit(code)

@@ -152,7 +152,8 @@ class Supervisor:
         self.workers: list[Worker] = []
 
     def run(self, on_listening: Callable[[str, dict[str, Any]], None]) -> int:
-        """Serve until stopped; returns 0 when every worker drained and exited cleanly, else 1.
+        """Serve until stopped; returns 0 when every worker drained and exited cleanly, 130
+        when stopped before they were all ready (as Ctrl-C stops other commands), else 1.
         ``on_listening(url, info)`` is called once every worker is ready.
 
         Raises:
@@ -165,8 +166,9 @@ class Supervisor:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.workers = [Worker(self.spec, self.sock.fileno(), env) for _ in range(self.n)]
-            if not self._wait_ready(self.workers):
-                return self._stop()
+            if not self._wait_ready(self.workers):   # stopped while starting, as Ctrl-C
+                self._stop()
+                return 130
             host, port = self.sock.getsockname()[:2]
             on_listening(f"http://{f'[{host}]' if ':' in host else host}:{port}",
                          self.workers[0].info)
