@@ -110,33 +110,35 @@ def test_answers_equal_vaecf_recommend(server, serve_run, cli):
     assert got["unknown"] == [] and set(got["items"]) & set(user_items(68))  # include seen
 
 
+def concurrent_answers(url: str, todo: list[int], clients: int = 32) -> list[tuple[int, dict]]:
+    """POST /v1/recommend for every user in ``todo`` from ``clients`` concurrent clients, each
+    over a connection of its own: (user, answer) pairs, in the order answered."""
+    todo, answers = list(todo), []
+
+    async def one_client() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
+            while todo:
+                user = todo.pop()
+                response = await client.post("/v1/recommend", json={"items": user_items(user)})
+                assert response.status_code == 200, response.text
+                answers.append((user, response.json()))
+
+    async def all_clients() -> None:
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+
+    asyncio.run(all_clients())
+    return answers
+
+
 def test_answers_under_32_concurrent_clients_equal_single_user_calls(server, recommender):
     user_items(1)
     users = sorted(_USERS)[:64]
     wants = {u: expected(recommender, user_items(u), 10) for u in users}
-
-    async def clients() -> dict[int, list[dict]]:
-        answers: dict[int, list[dict]] = {u: [] for u in users}
-        todo = [u for u in users for _ in range(3)]
-
-        async def one_client() -> None:
-            async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
-                while todo:
-                    user = todo.pop()
-                    response = await client.post("/v1/recommend",
-                                                 json={"items": user_items(user)})
-                    assert response.status_code == 200, response.text
-                    answers[user].append(response.json())
-
-        await asyncio.gather(*(one_client() for _ in range(32)))
-        return answers
-
     before = httpx.get(server.url + "/metrics", timeout=TIMEOUT).text
-    answers = asyncio.run(clients())
-    for user in users:
-        assert len(answers[user]) == 3
-        for got in answers[user]:
-            assert_same_answer(got, wants[user])
+    answers = concurrent_answers(server.url, [u for u in users for _ in range(3)])
+    assert sorted(user for user, _ in answers) == sorted(users * 3)
+    for user, got in answers:
+        assert_same_answer(got, wants[user])
     # They were batched: fewer model calls than requests.
     after = httpx.get(server.url + "/metrics", timeout=TIMEOUT).text
     calls = _value(after, "vaecf_batch_size_users_count") - _value(

@@ -9,7 +9,6 @@ context manager; every request and wait has a timeout.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import signal
@@ -20,7 +19,14 @@ import time
 import httpx
 import psutil
 import pytest
-from test_serve import TIMEOUT, _value, assert_same_answer, expected, user_items
+from test_serve import (
+    TIMEOUT,
+    _value,
+    assert_same_answer,
+    concurrent_answers,
+    expected,
+    user_items,
+)
 
 from vaecf.bench.serve import Server
 
@@ -74,22 +80,7 @@ def test_two_workers_answer_as_one_process_sum_their_metrics_and_drain(serve_run
         assert len(workers) == 2
         _served_by_both(running.url, workers)
 
-        async def clients() -> list[tuple[int, dict]]:
-            todo, answers = list(users), []
-
-            async def one_client() -> None:   # a connection of its own each
-                async with httpx.AsyncClient(base_url=running.url, timeout=TIMEOUT) as client:
-                    while todo:
-                        user = todo.pop()
-                        response = await client.post("/v1/recommend",
-                                                     json={"items": user_items(user)})
-                        assert response.status_code == 200, response.text
-                        answers.append((user, response.json()))
-
-            await asyncio.gather(*(one_client() for _ in range(32)))
-            return answers
-
-        answers = asyncio.run(clients())
+        answers = concurrent_answers(running.url, users)
         assert len(answers) == len(users)
         for user, got in answers:
             assert_same_answer(got, wants[user])
