@@ -645,6 +645,12 @@ def bind(host: str, port: int, listen: bool = True):
     return sock
 
 
+def url_of(sock: Any) -> str:
+    """``http://host:port`` of a bound socket (an IPv6 host in brackets)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def _refuse_a_listener(family: int, address: tuple) -> None:
     """Raise if something already listens on ``address``. Sockets with SO_REUSEPORT of the same
     user may bind a port together, so a second ``vaecf serve --workers`` on a port in use
@@ -704,9 +710,7 @@ def serve(app: Service, sock: Any, on_listening: Callable[[str], None],
         async def startup(self, sockets: list | None = None) -> None:
             await super().startup(sockets)
             if not self.should_exit:
-                host, port = sock.getsockname()[:2]
-                shown = f"[{host}]" if ":" in host else host
-                on_listening(f"http://{shown}:{port}")
+                on_listening(url_of(sock))
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=graceful_timeout_s,

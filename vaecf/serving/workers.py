@@ -127,7 +127,8 @@ class Worker:
             return self.process.wait()
 
     def failure(self) -> str:
-        """Why the worker stopped: its last line on stderr, or its exit code."""
+        """Why the worker stopped before it was ready: its last line on stderr, or its exit
+        code."""
         for reader in self._readers:   # its last lines may still be on their way
             reader.join(timeout=5)
         message = self.last_error.removeprefix("error: ")
@@ -161,6 +162,8 @@ class Supervisor:
         """
         from prometheus_client import multiprocess
 
+        from vaecf.serving.http import url_of
+
         shared = tempfile.mkdtemp(prefix="vaecf-serve-metrics-")
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": shared}
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -169,15 +172,14 @@ class Supervisor:
             if not self._wait_ready(self.workers):   # stopped while starting, as Ctrl-C
                 self._stop()
                 return 130
-            host, port = self.sock.getsockname()[:2]
-            on_listening(f"http://{f'[{host}]' if ':' in host else host}:{port}",
-                         self.workers[0].info)
+            on_listening(url_of(self.sock), self.workers[0].info)
             while not self.stopping.wait(POLL_S):
                 for i, worker in enumerate(self.workers):
                     if worker.process.poll() is None or self.stopping.is_set():
                         continue
-                    print(f"vaecf serve: worker {i + 1} (pid {worker.pid}) stopped "
-                          f"({worker.failure()}); starting another", file=sys.stderr,
+                    # What it said on the way out was relayed to stderr already.
+                    print(f"vaecf serve: worker {i + 1} (pid {worker.pid}) stopped (exit code "
+                          f"{worker.process.returncode}); starting another", file=sys.stderr,
                           flush=True)
                     multiprocess.mark_process_dead(worker.pid, shared)
                     self.workers[i] = replacement = Worker(self.spec, self.sock.fileno(), env)
