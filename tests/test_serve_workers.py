@@ -116,8 +116,10 @@ def test_two_workers_answer_as_one_process_sum_their_metrics_and_drain(serve_run
                        for worker in workers)
 
 
-def test_a_dead_worker_is_replaced_and_a_killed_supervisor_leaves_no_worker(serve_run):
-    with Server(serve_run, ["--workers", "2"]) as running:
+def test_a_dead_worker_is_replaced_and_a_killed_supervisor_leaves_no_worker(serve_run,
+                                                                           tmp_path):
+    # kill -9 leaves the supervisor's metrics directory behind: in tmp_path, not in /tmp.
+    with Server(serve_run, ["--workers", "2"], env={"TMPDIR": str(tmp_path)}) as running:
         first, second = _workers(running.pid)
         first.kill()
         _wait_until(lambda: "starting another" in "".join(running.stderr), "the replacement")
@@ -140,6 +142,7 @@ def test_a_dead_worker_is_replaced_and_a_killed_supervisor_leaves_no_worker(serv
             worker.wait(TIMEOUT)   # psutil.TimeoutExpired if a worker outlived it
         with pytest.raises(httpx.ConnectError):
             httpx.get(running.url + "/healthz", timeout=TIMEOUT)
+    assert len(list(tmp_path.glob("vaecf-serve-metrics-*"))) == 1
 
 
 def test_a_worker_that_cannot_start_is_one_line_exit_2(serve_run, tmp_path, cli):
