@@ -129,16 +129,17 @@ def serve(
               f"<= {max_wait_ms:g} ms, queue {max_queue:,}{processes}; auth: {auth}", flush=True)
         print(f"listening on {url}", flush=True)
 
+    config = ServeConfig(max_batch, max_wait_ms, max_queue, top_k, api_key)
     if workers == 1:
-        config = ServeConfig(max_batch, max_wait_ms, max_queue, top_k, api_key)
         application, info = load_service(run_dir, precision, config)
         serve_app(application, sock, lambda url: listening(url, info))
         return
 
+    from dataclasses import replace
+
     from vaecf.serving.workers import Supervisor, WorkerSpec
 
-    spec = WorkerSpec(str(run), precision, max_batch, max_wait_ms, max_queue, top_k,
-                      api_key_env, threads=1)
+    spec = WorkerSpec(str(run), precision, replace(config, api_key=None), api_key_env)
     code = Supervisor(spec, sock, workers).run(listening)
     if code:
         raise typer.Exit(code)

@@ -143,7 +143,7 @@ class Batcher:
         for job in jobs:
             job.future = loop.create_future()
             self._queue.put_nowait(job)
-        self.on_depth(self._queue.qsize())
+        self.on_depth(self.depth)
         try:
             if len(jobs) == 1:  # the common case, without gather's wrapper future
                 return [await jobs[0].future]
@@ -167,6 +167,8 @@ class Batcher:
         self._drain_now(batch, self.max_batch)
         target = min(self._target, self.max_batch)
         if len(batch) < target and self.max_wait > 0:
+            # One timeout around the whole wait, not asyncio.wait_for per job: that wraps each
+            # get() in a task of its own. A get() cut short leaves its job in the queue.
             deadline = asyncio.get_running_loop().time() + self.max_wait
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
@@ -180,7 +182,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
-            self.on_depth(self._queue.qsize())
+            self.on_depth(self.depth)
             self._target = len(batch)
             jobs = [job for job in batch if not job.future.done()]
             if not jobs:

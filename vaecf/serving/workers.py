@@ -1,4 +1,4 @@
-"""``vaecf serve --workers N``: N server processes answering on one listening socket.
+"""``vaecf serve --workers N``: N server processes answering on one port.
 
 One process answers at most what one Python interpreter can parse and answer: its event loop
 and the Python part of its model calls share one GIL (about 0.25 ms per request for an ML-1M
@@ -38,11 +38,14 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vaecf.errors import VaecfError
+
+if TYPE_CHECKING:   # imported where used: a worker sets TensorFlow's log level first
+    from vaecf.serving.http import ServeConfig
 
 READY = "ready "   # a worker's stdout line once it listens, followed by its model's info (JSON)
 STOP_TIMEOUT_S = 60  # a worker still running this long after SIGTERM is killed
@@ -51,17 +54,16 @@ POLL_S = 0.2
 
 @dataclass
 class WorkerSpec:
-    """What every worker serves, passed to it as JSON (the API key stays in the environment,
-    never on a command line that ``ps`` shows)."""
+    """What every worker serves, passed to it as JSON. ``config.api_key`` is None here: a
+    worker reads the key from the environment variable ``api_key_env``, never from a command
+    line that ``ps`` shows. ``threads``: TensorFlow intra-op threads, chosen by the
+    :class:`Supervisor` from the cores."""
 
     run: str
     precision: str
-    max_batch: int
-    max_wait_ms: float
-    max_queue: int
-    top_k: int
+    config: ServeConfig
     api_key_env: str | None
-    threads: int
+    threads: int = 1
 
 
 def cores() -> int:
@@ -146,7 +148,7 @@ class Supervisor:
     """
 
     def __init__(self, spec: WorkerSpec, sock: Any, n: int) -> None:
-        self.spec = WorkerSpec(**{**asdict(spec), "threads": max(1, cores() // n)})
+        self.spec = replace(spec, threads=max(1, cores() // n))
         self.sock = sock
         self.n = n
         self.stopping = threading.Event()
@@ -233,21 +235,21 @@ def main(argv: list[str]) -> int:
     """A worker: load, warm up, serve on the inherited socket until SIGTERM."""
     import socket
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")   # before anything imports TensorFlow
+    import tensorflow as tf
+
+    from vaecf.model.rundir import RunDir
     from vaecf.serving.http import ServeConfig, listener, load_service, serve
 
-    spec = WorkerSpec(**json.loads(argv[0]))
+    fields = json.loads(argv[0])
+    spec = WorkerSpec(**{**fields, "config": ServeConfig(**fields["config"])})
     holder = socket.socket(fileno=int(argv[1]))
     sock = listener(holder)
     holder.close()
     threading.Thread(target=_stop_with_supervisor, daemon=True).start()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    import tensorflow as tf
-
-    from vaecf.model.rundir import RunDir
-
     tf.config.threading.set_intra_op_parallelism_threads(spec.threads)
-    api_key = os.environ[spec.api_key_env].strip() if spec.api_key_env else None
-    config = ServeConfig(spec.max_batch, spec.max_wait_ms, spec.max_queue, spec.top_k, api_key)
+    config = replace(spec.config, api_key=os.environ[spec.api_key_env].strip()
+                     if spec.api_key_env else None)
     try:
         app, info = load_service(RunDir.open(spec.run), spec.precision, config)
     except VaecfError as error:
