@@ -55,8 +55,12 @@ class Backend:
         (``"cudf"``), or None when pyarrow's is the right one."""
         return None
 
-    def dask_cluster(self) -> AbstractContextManager[Any]:
-        """A local dask cluster whose workers compute on this backend (loopback only)."""
+    def dask_cluster(self, workers: int | None = None,
+                     memory_limit: str | None = None) -> AbstractContextManager[Any]:
+        """A local dask cluster whose workers compute on this backend (loopback only):
+        ``workers`` processes (None: the backend's default), each limited to
+        ``memory_limit`` (e.g. "4GB"; None: dask's share of the machine), spilling to disk
+        beyond it."""
         raise NotImplementedError
 
     def configure_tensorflow(self) -> None:

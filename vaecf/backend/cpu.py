@@ -46,12 +46,14 @@ class CpuBackend(Backend):
         return pandas
 
     @contextlib.contextmanager
-    def dask_cluster(self) -> Iterator[Any]:
+    def dask_cluster(self, workers: int | None = None,
+                     memory_limit: str | None = None) -> Iterator[Any]:
         from dask.distributed import LocalCluster
 
         # Loopback only, no dashboard: nothing is exposed beyond this machine.
-        with LocalCluster(host="127.0.0.1", n_workers=min(4, os.cpu_count() or 1),
-                          threads_per_worker=1, dashboard_address=None) as cluster:
+        with LocalCluster(host="127.0.0.1", n_workers=workers or min(4, os.cpu_count() or 1),
+                          threads_per_worker=1, memory_limit=memory_limit or "auto",
+                          dashboard_address=None) as cluster:
             yield cluster
 
     def configure_tensorflow(self) -> None:

@@ -55,13 +55,16 @@ class GpuBackend(Backend):
         return "cudf" if importlib.util.find_spec("cudf") is not None else None
 
     @contextlib.contextmanager
-    def dask_cluster(self) -> Iterator[Any]:
+    def dask_cluster(self, workers: int | None = None,
+                     memory_limit: str | None = None) -> Iterator[Any]:
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError as error:
             raise VaecfError(f"--dask on GPU needs dask-cuda ({error}); pip install "
                              "'vaecf[gpu]'") from None
-        with LocalCUDACluster(ip="127.0.0.1", dashboard_address=None) as cluster:
+        # One worker per GPU unless told; memory_limit is host memory, as on the CPU.
+        with LocalCUDACluster(ip="127.0.0.1", dashboard_address=None, n_workers=workers,
+                              memory_limit=memory_limit or "auto") as cluster:
             yield cluster
 
     def configure_tensorflow(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -16,6 +16,8 @@ from vaecf.cli.common import (
     quiet_logging,
     summary,
 )
+
+ShuffleChoice = Literal["tasks", "p2p"]
 
 HELP = """Turn interaction files into a dataset directory: filter, split users into train /
 validation / test (strong generalization), and write CSR shards.
@@ -77,20 +79,45 @@ def prepare(
     backend: BackendOption = None,
     dask: Annotated[bool, typer.Option(
         "--dask",
-        metavar="", help="Read, check and encode the files on a dask cluster, one partition per "
-        "file: pandas partitions on a local cluster of worker processes on CPU, cuDF ones on "
-        "dask-cuda's LocalCUDACluster with --backend gpu. Same dataset, byte for byte.")] = False,
+        metavar="", help="Run every step on a dask cluster, for data that outgrows one "
+        "machine: files cut into blocks (--blocksize), a shuffle by user, filters, split and "
+        "the dataset's files all on the workers; pandas partitions on CPU, cuDF ones on "
+        "dask-cuda's LocalCUDACluster with --backend gpu. Same dataset, byte for byte. "
+        "Without --scheduler, starts a local cluster on loopback.")] = False,
     scheduler: Annotated[str | None, typer.Option(
         "--scheduler", help="Address of a running dask.distributed scheduler "
-        "(e.g. tcp://10.0.0.5:8786) to use instead of a local cluster; implies --dask.",
+        "(e.g. tcp://10.0.0.5:8786) to use instead of a local cluster; implies --dask. "
+        "Inputs and --out's parent must be visible to every worker at the same paths.",
+        show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="Worker processes of the local --dask cluster, one thread "
+        "each.", show_default="CPU cores, at most 4; one per GPU with --backend gpu")] = None,
+    worker_memory: Annotated[str | None, typer.Option(
+        "--worker-memory", help="Memory limit of each local --dask worker, e.g. 4GB; "
+        "beyond it a worker spills to disk.",
+        show_default="the machine's memory shared out")] = None,
+    blocksize: Annotated[str, typer.Option(
+        "--blocksize", help="Bytes of CSV/TSV per --dask partition, e.g. 4MB or 256MB "
+        "(Parquet files split by row group; a .gz file is one partition).")] = "256MB",
+    shuffle: Annotated[ShuffleChoice, typer.Option(
+        "--shuffle", help="dask's shuffle method for the shuffle by user under --dask.",
+        case_sensitive=False)] = "tasks",
+    timings: Annotated[Path | None, typer.Option(
+        "--timings", dir_okay=False, help="Also write each step's seconds and the peak "
+        "memory of this process (and of each local --dask worker) to this JSON file.",
         show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force",
         metavar="", help="Replace an existing --out.")] = False,
     config: ConfigOption = None,
     quiet: QuietOption = False,
 ) -> None:
+    import json
+
+    from vaecf.atomic import check_writable, write_text
     from vaecf.backend import select_backend
     from vaecf.cli.tables import dataset_table
+    from vaecf.data.blocks import parse_blocksize
+    from vaecf.data.dask_cluster import DaskOptions, peak_rss_gb
     from vaecf.data.prepare import EXAMPLES
     from vaecf.data.prepare import prepare as run_prepare
     from vaecf.errors import VaecfError
@@ -116,12 +143,23 @@ def prepare(
         raise VaecfError("no input: give FILES or --example movielens-small")
     cfg = load_settings(config, prepare=flags).prepare
     quiet_logging(quiet)
+    check_writable(timings, "--timings")
+    options = None
+    if dask or scheduler is not None:
+        options = DaskOptions(scheduler=scheduler, workers=workers, worker_memory=worker_memory,
+                              blocksize=parse_blocksize(blocksize), shuffle=shuffle)
+    elif workers is not None or worker_memory is not None:
+        raise VaecfError("--workers and --worker-memory size the --dask cluster; add --dask")
     chosen = select_backend(cfg.backend)
+    report: dict = {}
     try:
-        meta = run_prepare(files, out, cfg, chosen, force=force, quiet=quiet, dask=dask,
-                           scheduler=scheduler)
+        meta = run_prepare(files, out, cfg, chosen, force=force, quiet=quiet, dask=options,
+                           report=report)
     except KeyboardInterrupt:
         _interrupted(out)
+    if timings is not None:
+        write_text(timings, json.dumps({**report, "peak_rss_gb": peak_rss_gb()}, indent=2)
+                   + "\n")
     if not quiet:
         console.print(dataset_table(meta, out))
 

@@ -29,10 +29,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vaecf import __version__
 from vaecf.atomic import recover
 from vaecf.data.split import Csr
 from vaecf.errors import VaecfError
 from vaecf.formats import file_sha256, read_header, read_parquet_column, verify_files
+from vaecf.settings import PrepareSettings
 
 FORMAT = "vaecf-dataset"
 VERSION = 1
@@ -64,6 +66,36 @@ def write_meta(directory: Path, meta: dict[str, Any]) -> None:
     """meta.json, keys sorted, so equal content gives equal bytes."""
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
     (directory / "meta.json").write_text(text, encoding="utf-8")
+
+
+def dataset_meta(cfg: PrepareSettings, sources: list[dict[str, Any]], stats: dict[str, Any],
+                 counts: dict[str, Any], shard_names: list[str], matrices: dict[str, Any],
+                 tables: dict[str, str], id_types: tuple[str, str]) -> dict[str, Any]:
+    """meta.json's content, the same whichever path (one process or dask) made the files.
+
+    Args:
+        id_types: the Arrow types of the user and item ids ("int64" or "string").
+    """
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "created_by": f"vaecf {__version__}",
+        "sources": sources,
+        "columns": {"user": cfg.user_col, "item": cfg.item_col, "rating": cfg.rating_col,
+                    "sep": cfg.sep, "header": cfg.header,
+                    "user_id_type": id_types[0], "item_id_type": id_types[1]},
+        "filters": {"min_rating": cfg.min_rating,
+                    "min_user_interactions": cfg.min_user_interactions,
+                    "min_item_interactions": cfg.min_item_interactions},
+        "split": {"seed": cfg.seed, "holdout_fraction": cfg.holdout_fraction,
+                  "val_users": cfg.val_users, "test_users": cfg.test_users,
+                  "max_heldout_users": cfg.max_heldout_users},
+        "stats": stats,
+        "counts": counts,
+        "train_shards": shard_names,
+        "matrices": matrices,
+        "tables": tables,
+    }
 
 
 def checksums(meta: dict[str, Any]) -> dict[str, str]:

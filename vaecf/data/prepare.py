@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vaecf import __version__
 from vaecf.atomic import atomic_directory, check_apart, check_creatable, check_target
 from vaecf.backend import Backend
 from vaecf.data import split
-from vaecf.data.dataset import FORMAT, VERSION, shard_name, write_csr, write_meta, write_table
+from vaecf.data.dask_cluster import DaskOptions
+from vaecf.data.dataset import dataset_meta, shard_name, write_csr, write_meta, write_table
 from vaecf.data.readers import (
     ColumnSpec,
     Encoded,
@@ -25,7 +25,7 @@ from vaecf.data.readers import (
     expand_inputs,
     int64_arrow,
     read_inputs,
-    sha256_of,
+    source_entry,
     string_arrow,
 )
 from vaecf.errors import VaecfError, printable
@@ -187,47 +187,19 @@ def write_dataset(
         counts[name] = {"users": foldin.shape[0],
                         "foldin_interactions": int(foldin.indices.shape[0]),
                         "target_interactions": int(target.indices.shape[0])}
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "created_by": f"vaecf {__version__}",
-        "sources": sources,
-        "columns": {"user": cfg.user_col, "item": cfg.item_col, "rating": cfg.rating_col,
-                    "sep": cfg.sep, "header": cfg.header,
-                    "user_id_type": str(enc.user_ids.type), "item_id_type": str(enc.item_ids.type)},
-        "filters": {"min_rating": cfg.min_rating,
-                    "min_user_interactions": cfg.min_user_interactions,
-                    "min_item_interactions": cfg.min_item_interactions},
-        "split": {"seed": cfg.seed, "holdout_fraction": cfg.holdout_fraction,
-                  "val_users": cfg.val_users, "test_users": cfg.test_users,
-                  "max_heldout_users": cfg.max_heldout_users},
-        "stats": splits.stats,
-        "counts": counts,
-        "train_shards": shard_names,
-        "matrices": matrices,
-        "tables": {name: file_sha256(directory / name)
-                   for name in ("items.parquet", "users.parquet")},
-    }
+    tables = {name: file_sha256(directory / name) for name in ("items.parquet", "users.parquet")}
+    meta = dataset_meta(cfg, sources, splits.stats, counts, shard_names, matrices, tables,
+                        (str(enc.user_ids.type), str(enc.item_ids.type)))
     write_meta(directory, meta)
     return meta
 
 
-def reader_name(backend: Backend, dask: bool, scheduler: str | None) -> str:
-    """Which reader turns the files into codes: dask, cuDF (GPU backend with cuDF installed,
-    else the split still runs on the GPU after the pyarrow reader) or pyarrow."""
-    if dask or scheduler is not None:
-        return "dask"
-    return backend.native_reader or "pyarrow"
-
-
 def encode_inputs(paths: list[Path], spec: ColumnSpec, min_rating: float | None,
-                  backend: Backend, reader: str, scheduler: str | None = None) -> Encoded:
-    """The one seam between the readers; all give the same Encoded, hence the same bytes."""
-    if reader == "dask":
-        from vaecf.data import dask_reader
-
-        return dask_reader.read_encoded(paths, spec, min_rating, backend, scheduler)
-    if reader == "cudf":
+                  backend: Backend) -> Encoded:
+    """Read and encode in this process: cuDF on a GPU backend with cuDF installed (else the
+    split still runs on the GPU after the pyarrow reader), pyarrow on the CPU. Both give the
+    same Encoded, hence the same bytes."""
+    if backend.native_reader == "cudf":
         from vaecf.data import frames
 
         return frames.read_encoded(backend.frames(), paths, spec, min_rating)
@@ -241,23 +213,18 @@ def check_out(out: Path) -> None:
     check_creatable(out, f"cannot create --out {printable(out)}")
 
 
-def check_shards(shards: int, train_users: int) -> None:
-    """Every training shard needs at least one user."""
-    if shards > train_users:
-        raise VaecfError(f"--shards {shards:,} is more than the {train_users:,} training users "
-                         f"(each shard needs at least one); use --shards {train_users:,} or "
-                         "fewer")
-
-
 def prepare(
     inputs: list[str], out: Path, cfg: PrepareSettings, backend: Backend,
-    force: bool = False, quiet: bool = False, dask: bool = False, scheduler: str | None = None,
+    force: bool = False, quiet: bool = False, dask: DaskOptions | None = None,
+    report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the whole stage; returns the written meta.json content.
 
-    ``dask`` (or a ``scheduler`` address) reads on a dask cluster; see
-    :mod:`vaecf.data.dask_reader`.
-
+    Args:
+        dask: run every step on a dask cluster (see :mod:`vaecf.data.dask_prepare`), or None
+            for this process.
+        report: if given, receives ``stages`` (seconds of each step) and, with dask,
+            ``worker_peak_rss_gb``.
     Raises:
         VaecfError: bad input, named in one line; nothing is left behind.
     """
@@ -268,24 +235,37 @@ def prepare(
     spec = ColumnSpec(cfg.user_col, cfg.item_col, cfg.rating_col, cfg.sep, cfg.header)
     if cfg.min_rating is not None and cfg.rating_col is None:
         raise VaecfError("--min-rating needs --rating-col")
+    report = {} if report is None else report
     with Steps(quiet) as steps:
-        with steps.step(f"hashing {len(paths)} file(s)", total=len(paths)) as advance:
-            sources = []
-            for path in paths:
-                sources.append({"path": str(path), "bytes": path.stat().st_size,
-                                "sha256": sha256_of(path)})
-                advance()
-        reader = reader_name(backend, dask, scheduler)
-        with steps.step(f"reading and encoding ids ({reader})"):
-            enc = encode_inputs(paths, spec, cfg.min_rating, backend, reader, scheduler)
-        with steps.step(f"filtering and splitting ({backend.name})"):
-            splits = split_interactions(backend, enc, cfg)
-        check_shards(cfg.shards, int(splits.train.shape[0]))
         try:
-            with steps.step("writing dataset"), atomic_directory(out, force) as tmp:
-                meta = write_dataset(tmp, splits, enc, backend, cfg, sources)
+            if dask is not None:
+                from vaecf.data.dask_prepare import prepare_on_cluster
+
+                meta = prepare_on_cluster(paths, out, spec, cfg, backend, dask, steps, force,
+                                          report)
+            else:
+                meta = _prepare_here(paths, out, spec, cfg, backend, steps, force)
         except OSError as error:  # disk full, quota, a directory removed under us
             raise VaecfError(f"cannot write dataset {printable(out)}: "
                              f"{printable(error.strerror or error)}; nothing was written"
                              ) from None
+        report["stages"] = dict(steps.seconds)
     return meta
+
+
+def _prepare_here(paths: list[Path], out: Path, spec: ColumnSpec, cfg: PrepareSettings,
+                  backend: Backend, steps: Steps, force: bool) -> dict[str, Any]:
+    with steps.step(f"hashing {len(paths)} file(s)", total=len(paths),
+                    key="hash") as advance:
+        sources = []
+        for path in paths:
+            sources.append(source_entry(path))
+            advance()
+    reader = backend.native_reader or "pyarrow"
+    with steps.step(f"reading and encoding ids ({reader})", key="read"):
+        enc = encode_inputs(paths, spec, cfg.min_rating, backend)
+    with steps.step(f"filtering and splitting ({backend.name})", key="split"):
+        splits = split_interactions(backend, enc, cfg)
+    split.check_shards(cfg.shards, int(splits.train.shape[0]))
+    with steps.step("writing dataset", key="write"), atomic_directory(out, force) as tmp:
+        return write_dataset(tmp, splits, enc, backend, cfg, sources)

@@ -11,6 +11,7 @@ import csv
 import glob
 import gzip
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,30 @@ class ColumnSpec:
     rating: str | None = None
     sep: str | None = None
     header: bool = True
+
+
+def row_label(row: int) -> str:
+    """How a 1-based row of a whole file is named in messages."""
+    return f"row {row}"
+
+
+@dataclass(frozen=True)
+class Part:
+    """A piece of one input file that is read on its own (``prepare --dask``).
+
+    Attributes:
+        data: a CSV block's bytes, whole lines only (the header line only in the file's first
+            block), or None for a Parquet row group.
+        row_group: the Parquet row group, or None for a CSV block.
+        has_header: whether ``data`` starts with the file's header line.
+        row_name: how a 1-based row of the piece is named in messages (a row number, or a byte
+            offset where the number is unknown without reading the file up to there).
+    """
+
+    data: bytes | None = None
+    row_group: int | None = None
+    has_header: bool = True
+    row_name: Callable[[int], str] = row_label
 
 
 @dataclass
@@ -145,6 +170,11 @@ def sha256_of(path: Path) -> str:
         while block := handle.read(1 << 22):
             digest.update(block)
     return digest.hexdigest()
+
+
+def source_entry(path: Path) -> dict[str, Any]:
+    """meta.json's record of one input file: path, size and sha256."""
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_of(path)}
 
 
 def strip_gz(path: Path) -> str:
@@ -252,12 +282,13 @@ def _csv_names(path: Path, sep: str, header: bool) -> list[str]:
 
 
 def _read_csv(path: Path, names: list[str] | None, wanted: list[str], ids: list[str],
-              sep: str) -> pa.Table:
+              sep: str, data: bytes | None = None) -> pa.Table:
     """Read only the wanted columns (parsing the others would triple the time).
 
     Args:
         names: column names to assign (header-less files), or None to take the header's.
         ids: the id columns, read as strings so the id rule sees them as written.
+        data: a block of the file's bytes to parse instead of the file itself.
     """
     shown_sep = shown(sep)
     convert = pacsv.ConvertOptions(
@@ -265,11 +296,12 @@ def _read_csv(path: Path, names: list[str] | None, wanted: list[str], ids: list[
         # Only an empty field is missing: "NA" or "null" are valid string ids.
         null_values=[""], strings_can_be_null=True)
     try:
-        source: Any = pa.input_stream(str(path), compression="detect")
+        source: Any = (pa.input_stream(str(path), compression="detect") if data is None
+                       else pa.BufferReader(data))
         if len(sep) > 1:
             with source as stream:
-                data = stream.read().replace(sep.encode(), UNIT_SEPARATOR.encode())
-            source, sep = pa.BufferReader(data), UNIT_SEPARATOR
+                text = stream.read().replace(sep.encode(), UNIT_SEPARATOR.encode())
+            source, sep = pa.BufferReader(text), UNIT_SEPARATOR
         read = pacsv.ReadOptions(column_names=names, block_size=1 << 24)
         return pacsv.read_csv(source, read_options=read,
                               parse_options=pacsv.ParseOptions(delimiter=sep),
@@ -282,8 +314,10 @@ def _read_csv(path: Path, names: list[str] | None, wanted: list[str], ids: list[
         raise VaecfError(f"{printable(path)}: cannot read ({what}: {_reason(error)})") from None
 
 
-def _read_table(path: Path, spec: ColumnSpec) -> tuple[pa.Table, list[str | None]]:
-    """Read the user, item and rating columns; returns the table and their names in it."""
+def _read_table(path: Path, spec: ColumnSpec,
+                part: Part | None = None) -> tuple[pa.Table, list[str | None]]:
+    """Read the user, item and rating columns (of one ``part`` of the file, if given);
+    returns the table and their names in it."""
     roles = [("user", spec.user), ("item", spec.item), ("rating", spec.rating)]
     if is_parquet(path):
         try:
@@ -294,8 +328,12 @@ def _read_table(path: Path, spec: ColumnSpec) -> tuple[pa.Table, list[str | None
         cols = [resolve_column(c, names, path, True, r) if c else None for r, c in roles]
         try:
             # Page CRCs, when the writer stored them, catch flipped bytes in the data.
-            table = pq.read_table(path, columns=sorted({c for c in cols if c}),
-                                  page_checksum_verification=True)
+            columns = sorted({c for c in cols if c})
+            if part is not None and part.row_group is not None:
+                table = pq.ParquetFile(path, page_checksum_verification=True).read_row_group(
+                    part.row_group, columns=columns)
+            else:
+                table = pq.read_table(path, columns=columns, page_checksum_verification=True)
         except (pa.ArrowException, OSError, EOFError) as error:
             raise VaecfError(f"{printable(path)}: damaged Parquet file, cannot read its data "
                              f"({_reason(error)})") from None
@@ -306,7 +344,10 @@ def _read_table(path: Path, spec: ColumnSpec) -> tuple[pa.Table, list[str | None
     cols = [resolve_column(c, names, path, spec.header, r) if c else None for r, c in roles]
     wanted = sorted({c for c in cols if c})
     ids = sorted({c for c in cols[:2] if c})
-    return _read_csv(path, None if spec.header else names, wanted, ids, sep), cols
+    # A block after the first has no header line: its columns are named from the file's.
+    header_in_data = spec.header and (part is None or part.has_header)
+    return _read_csv(path, None if header_in_data else names, wanted, ids, sep,
+                     None if part is None else part.data), cols
 
 
 def _first_bad_row(mask: pa.ChunkedArray) -> int:
@@ -314,8 +355,8 @@ def _first_bad_row(mask: pa.ChunkedArray) -> int:
     return int(pc.index(mask, True).as_py()) + 1
 
 
-def _check_ids(column: pa.ChunkedArray, path: Path, name: str,
-               typed: bool = False) -> pa.ChunkedArray:
+def _check_ids(column: pa.ChunkedArray, path: Path, name: str, typed: bool = False,
+               row_name: Callable[[int], str] = row_label) -> pa.ChunkedArray:
     """Ids must be present and non-empty. Integer columns stay int64 (unsigned ones beyond
     int64 become their decimal strings), integral floats become int64; text read from a CSV
     follows the id rule (:func:`ids_from_text`), a ``typed`` (Parquet) text column stays
@@ -323,7 +364,7 @@ def _check_ids(column: pa.ChunkedArray, path: Path, name: str,
     where = f"{printable(path)}: column {shown(name)}"
     if column.null_count:
         row = _first_bad_row(pc.is_null(column))
-        raise VaecfError(f"{where} row {row}: missing id")
+        raise VaecfError(f"{where} {row_name(row)}: missing id")
     if pa.types.is_integer(column.type):
         if pa.types.is_uint64(column.type) and len(column) and \
                 pc.max(column).as_py() > int(_INT64_MAX):
@@ -335,7 +376,7 @@ def _check_ids(column: pa.ChunkedArray, path: Path, name: str,
         if pc.any(bad).as_py():
             row = _first_bad_row(bad)
             value = column[row - 1].as_py()
-            raise VaecfError(f"{where} row {row}: id {shown(value)} is not an integer")
+            raise VaecfError(f"{where} {row_name(row)}: id {shown(value)} is not an integer")
         return as_int
     try:
         strings = column.cast(pa.string())
@@ -344,23 +385,24 @@ def _check_ids(column: pa.ChunkedArray, path: Path, name: str,
                          "(expected integers or text)") from None
     empty = pc.equal(pc.utf8_trim_whitespace(strings), "")
     if pc.any(empty).as_py():
-        raise VaecfError(f"{where} row {_first_bad_row(empty)}: empty id")
+        raise VaecfError(f"{where} {row_name(_first_bad_row(empty))}: empty id")
     return strings if typed else ids_from_text(strings)
 
 
-def _check_ratings(column: pa.ChunkedArray, path: Path, name: str) -> pa.ChunkedArray:
+def _check_ratings(column: pa.ChunkedArray, path: Path, name: str,
+                   row_name: Callable[[int], str] = row_label) -> pa.ChunkedArray:
     """Ratings must be finite numbers; the first offending row is named."""
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
         if column.null_count:
             row = _first_bad_row(pc.is_null(column))
-            raise VaecfError(f"{printable(path)}: column {shown(name)} row {row}: "
+            raise VaecfError(f"{printable(path)}: column {shown(name)} {row_name(row)}: "
                              "missing rating")
         values = column.cast(pa.float64())
         bad = pc.invert(pc.is_finite(values))
         if pc.any(bad).as_py():  # "nan" or "inf" written in the file
             row = _first_bad_row(bad)
-            raise VaecfError(f"{printable(path)}: column {shown(name)} row {row}: rating "
-                             f"{shown(values[row - 1].as_py())} is not a finite number")
+            raise VaecfError(f"{printable(path)}: column {shown(name)} {row_name(row)}: "
+                             f"rating {shown(values[row - 1].as_py())} is not a finite number")
         return values
     strings = column.cast(pa.string())
     numeric = pc.match_substring_regex(
@@ -370,22 +412,28 @@ def _check_ratings(column: pa.ChunkedArray, path: Path, name: str) -> pa.Chunked
     if pc.any(bad).as_py():
         row = _first_bad_row(bad)
         raise VaecfError(
-            f"{printable(path)}: column {shown(name)} row {row}: rating "
+            f"{printable(path)}: column {shown(name)} {row_name(row)}: rating "
             f"{shown(strings[row - 1].as_py())} is not a number"
         )
     return pc.utf8_trim_whitespace(strings).cast(pa.float64())
 
 
-def read_file(path: Path, spec: ColumnSpec) -> Interactions:
-    """Read one file's user, item and (optional) rating columns, checked."""
-    table, (user, item, rating) = _read_table(path, spec)
-    if table.num_rows == 0:
+def read_file(path: Path, spec: ColumnSpec, part: Part | None = None) -> Interactions:
+    """Read one file's (or one ``part`` of it) user, item and (optional) rating columns,
+    checked. A whole file must have rows; a part may be empty."""
+    table, (user, item, rating) = _read_table(path, spec, part)
+    if table.num_rows == 0 and part is None:
         raise VaecfError(f"{printable(path)}: the file has no rows")
     typed = is_parquet(path)
+    row_name = row_label if part is None else part.row_name
+
+    def named(given: str, column: str | None) -> str:
+        return given if not spec.header else column
+
     return Interactions(
-        users=_check_ids(table[user], path, spec.user if not spec.header else user, typed),
-        items=_check_ids(table[item], path, spec.item if not spec.header else item, typed),
-        ratings=_check_ratings(table[rating], path, spec.rating if not spec.header else rating)
+        users=_check_ids(table[user], path, named(spec.user, user), typed, row_name),
+        items=_check_ids(table[item], path, named(spec.item, item), typed, row_name),
+        ratings=_check_ratings(table[rating], path, named(spec.rating, rating), row_name)
         if rating else None,
     )
 

@@ -43,6 +43,11 @@ def hash64(xp: ModuleType, seed: int, salt: int, *keys: Array) -> Array:
     return h
 
 
+def user_hash(xp: ModuleType, seed: int, codes: Array) -> Array:
+    """The seeded hash that orders users for the held-out choice, shape of ``codes``."""
+    return hash64(xp, seed, _SALT_USERS, codes)
+
+
 def dedupe(xp: ModuleType, users: Array, items: Array, n_items: int) -> tuple[Array, Array]:
     """Unique (user, item) pairs, sorted by user then item.
 
@@ -84,6 +89,26 @@ def resolve_count(value: float, n_users: int, cap: int) -> int:
     return max(1, min(cap, round(value * n_users)))
 
 
+def check_heldout(n_users: int, n_eligible: int, n_validation: int, n_test: int) -> None:
+    """Refuse a split that cannot be made: every held-out user needs >= 2 interactions, and
+    at least one user must be left for training."""
+    wanted = n_validation + n_test
+    if wanted > n_eligible or wanted >= n_users:
+        raise VaecfError(
+            f"too few users for the split: {n_users} users after filtering "
+            f"({n_eligible} with 2+ interactions), asked for {n_validation} "
+            f"validation + {n_test} test users and at least 1 training user"
+        )
+
+
+def check_shards(shards: int, train_users: int) -> None:
+    """Every training shard needs at least one user."""
+    if shards > train_users:
+        raise VaecfError(f"--shards {shards:,} is more than the {train_users:,} training users "
+                         f"(each shard needs at least one); use --shards {train_users:,} or "
+                         "fewer")
+
+
 def assign_users(
     xp: ModuleType, per_user: Array, seed: int, n_validation: int, n_test: int
 ) -> Array:
@@ -97,13 +122,8 @@ def assign_users(
     n_users = int(per_user.shape[0])
     eligible = xp.flatnonzero(per_user >= 2)
     wanted = n_validation + n_test
-    if wanted > int(eligible.shape[0]) or wanted >= n_users:
-        raise VaecfError(
-            f"too few users for the split: {n_users} users after filtering "
-            f"({int(eligible.shape[0])} with 2+ interactions), asked for {n_validation} "
-            f"validation + {n_test} test users and at least 1 training user"
-        )
-    h = hash64(xp, seed, _SALT_USERS, eligible)
+    check_heldout(n_users, int(eligible.shape[0]), n_validation, n_test)
+    h = user_hash(xp, seed, eligible)
     # Both keys uint64: stacking int64 with uint64 would promote to float64 and round the hash.
     order = eligible[xp.lexsort(xp.stack([eligible.astype(xp.uint64), h]))]
     labels = xp.zeros(n_users, dtype=xp.int8)
