@@ -1,15 +1,20 @@
 """``vaecf bench prepare``: time ``vaecf prepare`` end to end on a synthetic ML-20M-shaped CSV.
 
 The CSV is generated once and cached. ``prepare`` runs as a child process (the real CLI, start-up
-included) so its peak resident memory can be read from the kernel (``wait4`` rusage). Beside it,
-in the same run, a bare multithreaded ``pyarrow.csv.read_csv`` of the same file (no filter, no
-split, nothing written): prepare's rows/s as a share of that read is comparable across machines.
+included); it reports each step's seconds and its own peak resident memory through
+``--timings`` (with a local dask cluster, the scheduler runs in that process and counts, and
+each worker reports its own peak). Beside it, in the same run, a bare multithreaded
+``pyarrow.csv.read_csv`` of the same file (no filter, no split, nothing written): prepare's
+rows/s as a share of that read is comparable across machines. With ``--dask`` the
+single-process path runs too, on the same file, and the two datasets are compared file by
+file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -23,8 +28,8 @@ from vaecf.bench.synthetic import ML20M_SHAPE, write_ratings_csv
 log = logging.getLogger("vaecf")
 
 
-def run(workdir: Path, rows: int, backend: str = "cpu") -> dict[str, Any]:
-    """Generate (if needed) and prepare the synthetic file; returns the measured figures."""
+def synthetic_file(workdir: Path, rows: int) -> Path:
+    """The cached synthetic CSV of about ``rows`` rows (users and items scale with it)."""
     make_directory(workdir, "--workdir")
     scale = rows / ML20M_SHAPE["rows"]
     n_users = max(100, round(ML20M_SHAPE["users"] * scale))
@@ -33,36 +38,68 @@ def run(workdir: Path, rows: int, backend: str = "cpu") -> dict[str, Any]:
     if not source.exists():
         log.info(f"generating {source} ({rows:,} rows, {n_users:,} users, {n_items:,} items)...")
         write_ratings_csv(source, rows, n_users, n_items)
-    out = workdir / "prepared"
+    return source
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.iterdir())}
+
+
+def prepare_once(source: Path, out: Path, backend: str, dask: list[str] | None) -> dict[str, Any]:
+    """One ``vaecf prepare`` child process on ``source``; its figures."""
     shutil.rmtree(out, ignore_errors=True)
+    timings = out.with_name(out.name + "-timings.json")
     command = [sys.executable, "-m", "vaecf", "prepare", str(source), "--rating-col", "rating",
                "--min-rating", "3.5", "--out", str(out), "--backend", backend, "--quiet",
-               "--force"]
+               "--force", "--timings", str(timings), *(["--dask", *dask] if dask is not None
+                                                      else [])]
     start = time.perf_counter()
-    child = subprocess.Popen(command)
-    _, status, usage = os.wait4(child.pid, 0)
+    code = subprocess.run(command).returncode
     seconds = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise RuntimeError(f"prepare failed with exit code {child.returncode}")
-    import json
-
-    import pyarrow.csv as pacsv
-
-    started = time.perf_counter()
-    bare_rows = pacsv.read_csv(source).num_rows
-    bare_seconds = time.perf_counter() - started
+    if code != 0:
+        raise RuntimeError(f"prepare failed with exit code {code}")
+    report = json.loads(timings.read_text())
+    timings.unlink()
     meta = json.loads((out / "meta.json").read_text())
     n = meta["stats"]["rows_read"]
-    return {
-        "rows": n,
-        "seconds": seconds,
-        "rows_per_s": n / seconds,
-        "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,  # ru_maxrss is in KiB on Linux
-        "file_mb": source.stat().st_size / 1e6,
-        "train_users": meta["counts"]["train"]["users"],
-        "items": meta["counts"]["items"],
-        "bare_read_seconds": bare_seconds,
-        "bare_read_rows_per_s": bare_rows / bare_seconds,
-        "of_bare_read": (n / seconds) / (bare_rows / bare_seconds),
-    }
+    return {"rows": n, "seconds": seconds, "rows_per_s": n / seconds,
+            "peak_rss_gb": report["peak_rss_gb"],
+            "worker_peak_rss_gb": report.get("worker_peak_rss_gb", []),
+            "stages": report["stages"], "train_users": meta["counts"]["train"]["users"],
+            "items": meta["counts"]["items"]}
+
+
+def run(workdir: Path, rows: int, backend: str = "cpu",
+        dask: list[str] | None = None, single: bool = True) -> dict[str, Any]:
+    """Generate (if needed) and prepare the synthetic file; returns the measured figures.
+
+    Args:
+        dask: ``prepare --dask`` flags (workers, memory, block size, shuffle), or None for
+            the single-process path only.
+        single: with ``dask``, also run the single-process path and compare the datasets.
+    """
+    source = synthetic_file(workdir, rows)
+    result: dict[str, Any] = {"file_mb": source.stat().st_size / 1e6}
+    if dask is None or single:
+        result["single"] = prepare_once(source, workdir / "prepared", backend, None)
+    if dask is not None:
+        result["dask"] = prepare_once(source, workdir / "prepared-dask", backend, dask)
+        result["dask"]["flags"] = dask
+        if single:
+            result["dask"]["of_single"] = (result["dask"]["rows_per_s"]
+                                           / result["single"]["rows_per_s"])
+            result["identical"] = (_digests(workdir / "prepared")
+                                   == _digests(workdir / "prepared-dask"))
+    result["rows"] = (result.get("single") or result["dask"])["rows"]
+    if single:   # the bare read holds the whole table: skipped with the single path
+        import pyarrow.csv as pacsv
+
+        started = time.perf_counter()
+        bare_rows = pacsv.read_csv(source).num_rows
+        result["bare_read_rows_per_s"] = bare_rows / (time.perf_counter() - started)
+        for key in ("single", "dask"):
+            if key in result:
+                result[key]["of_bare_read"] = (result[key]["rows_per_s"]
+                                               / result["bare_read_rows_per_s"])
+    return result
