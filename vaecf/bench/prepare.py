@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vaecf.atomic import make_directory
-from vaecf.bench.synthetic import ML20M_SHAPE, write_ratings_csv
+from vaecf.bench.synthetic import ML20M_SHAPE
 
 log = logging.getLogger("vaecf")
 
@@ -37,7 +37,12 @@ def synthetic_file(workdir: Path, rows: int) -> Path:
     source = workdir / f"synthetic-{rows}.csv"
     if not source.exists():
         log.info(f"generating {source} ({rows:,} rows, {n_users:,} users, {n_items:,} items)...")
-        write_ratings_csv(source, rows, n_users, n_items)
+        # In a child process: a child's peak RSS starts from its parent's at the fork, so
+        # the generator's memory would otherwise show up as prepare's.
+        code = ("import sys; from pathlib import Path; from vaecf.bench.synthetic import "
+                "write_ratings_csv; write_ratings_csv(Path(sys.argv[1]), *map(int, sys.argv[2:]))")
+        subprocess.run([sys.executable, "-c", code, str(source), str(rows), str(n_users),
+                        str(n_items)], check=True)
     return source
 
 

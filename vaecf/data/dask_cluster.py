@@ -88,6 +88,28 @@ def dask_client(backend: Backend, options: DaskOptions) -> Iterator[Any]:
         raise
 
 
+@contextlib.contextmanager
+def cluster_errors(options: DaskOptions) -> Iterator[None]:
+    """The cluster's own failures as one line: a scheduler lost, a task whose workers kept
+    dying (dask recomputes a lost worker's tasks elsewhere, up to its allowed failures)."""
+    from concurrent.futures import CancelledError
+
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    where = (f"the dask scheduler {printable(options.scheduler)}" if options.scheduler
+             else "the local dask cluster")
+    try:
+        yield
+    except KilledWorker as error:
+        raise VaecfError(f"{where}: workers died while running a task "
+                         f"({printable(str(error), 200)}); nothing was written") from None
+    except (CommClosedError, CancelledError, TimeoutError) as error:
+        raise VaecfError(f"{where} was lost ({type(error).__name__}: "
+                         f"{printable(str(error), 200) or 'connection closed'}); nothing was "
+                         "written") from None
+
+
 def n_threads(client: Any) -> int:
     """Worker threads of the cluster (at least 1)."""
     return max(1, sum(client.nthreads().values()))

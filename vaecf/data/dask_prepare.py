@@ -7,9 +7,10 @@ gathers is named on each line, and none of it grows with the number of interacti
    and coded into its own sorted ids; the blocks' ids are merged pairwise on the workers into
    the sorted distinct user and item ids (the id maps stay there); each block's codes are
    then renumbered into them. Gathered: rows per block, the numbers of users and items.
-2. shuffle: dask's ``set_index`` on the user code with ranges of codes as divisions (tasks or
-   p2p shuffle), so each partition holds whole users in id order; pairs are deduplicated in
-   each. Gathered: pairs per partition.
+2. shuffle: each block's distinct pairs, as sorted keys ``user * n_items + item``, go
+   through dask's ``set_index`` with ranges of users as divisions (tasks or p2p shuffle), so
+   each partition holds whole users in id order, sorted, and its duplicates are adjacent.
+   Gathered: pairs per partition.
 3. filter: items' pair counts are summed over partitions on the workers, then each
    partition keeps its items and users. Gathered: pairs, users and eligible users per
    partition.
@@ -42,7 +43,13 @@ from vaecf.atomic import atomic_directory
 from vaecf.backend import Backend
 from vaecf.data import blocks, split
 from vaecf.data import dask_tasks as tasks
-from vaecf.data.dask_cluster import DaskOptions, dask_client, n_threads, worker_peak_rss
+from vaecf.data.dask_cluster import (
+    DaskOptions,
+    cluster_errors,
+    dask_client,
+    n_threads,
+    worker_peak_rss,
+)
 from vaecf.data.dataset import dataset_meta, shard_name, write_meta
 from vaecf.data.readers import ColumnSpec, source_entry
 from vaecf.errors import VaecfError, printable
@@ -111,12 +118,14 @@ def _shuffle(client: Any, read: dict[str, Any], backend: Backend, options: DaskO
     import dask.dataframe as dd
 
     fm = backend.frames()
-    meta = fm.DataFrame({"user": fm.Series([], dtype="int64"),
-                         "item": fm.Series([], dtype="int64")})
-    frame = dd.from_delayed(read.pop("codes"), meta=meta, verify_meta=False)
+    frame = dd.from_delayed(read.pop("codes"), meta=fm.DataFrame(
+        {"key": fm.Series([], dtype="int64")}), verify_meta=False)
     parts = min(max(len(read["plan"]), n_threads(client)), read["n_users"])
-    by_user = frame.set_index("user", divisions=_divisions(read["n_users"], parts),
-                              shuffle_method=options.shuffle)
+    n_items = read["n_items"]
+    # Ranges of users as ranges of pair keys (user * n_items + item).
+    divisions = [d * n_items for d in _divisions(read["n_users"], parts)]
+    divisions[-1] += n_items - 1
+    by_user = frame.set_index("key", divisions=divisions, shuffle_method=options.shuffle)
     with steps.step(f"shuffling by user ({options.shuffle}) into {by_user.npartitions:,} "
                     "partitions", total=by_user.npartitions, key="shuffle") as advance:
         deduped = client.compute([dask.delayed(tasks.dedupe)(part, read["n_items"],
@@ -220,7 +229,7 @@ def prepare_on_cluster(paths: list[Path], out: Path, spec: ColumnSpec, cfg: Prep
                        report: dict[str, Any]) -> dict[str, Any]:
     """The whole stage on a cluster; returns the meta.json written. ``report`` receives each
     worker's peak resident memory (GB)."""
-    with dask_client(backend, options) as client:
+    with dask_client(backend, options) as client, cluster_errors(options):
         # The inputs' sha256 are computed by the workers, beside the other steps.
         sources = client.map(source_entry, paths)
         read = _read(client, paths, spec, cfg, options, backend.name, steps)

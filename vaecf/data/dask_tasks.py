@@ -42,6 +42,10 @@ Array = Any  # numpy.ndarray or cupy.ndarray
 
 @functools.cache
 def _backend(name: str) -> Backend:
+    """The worker's backend, made once per worker process. pyarrow's own thread pool is
+    limited to one thread: a worker's parallelism is its dask threads, each reading one
+    block, and two pools on the same cores would only contend."""
+    pa.set_cpu_count(1)
     return select_backend(name)
 
 
@@ -94,17 +98,20 @@ def id_type(ids: pa.Array) -> str:
 
 
 def encode_block(enc: Encoded, users: pa.Array, items: pa.Array, backend_name: str) -> Any:
-    """A block's rows as a frame of global int64 codes (``user``, ``item``)."""
+    """A block's distinct pairs as a one-column frame of int64 keys, ``user * n_items +
+    item`` in global codes, sorted: one column halves what the shuffle moves, and a range of
+    keys is a range of users."""
     backend = _backend(backend_name)
+    xp = backend.xp
 
     def remap(local: pa.Array, uniques: pa.Array) -> Array:
         codes = pc.index_in(_same_type(local, uniques), value_set=uniques)
         return backend.from_numpy(np.asarray(codes.to_numpy(zero_copy_only=False),
                                              dtype=np.int64))
 
-    fm = backend.frames()
-    return fm.DataFrame({"user": remap(enc.user_ids, users)[enc.users],
-                         "item": remap(enc.item_ids, items)[enc.items]})
+    keys = remap(enc.user_ids, users)[enc.users] * len(items) + remap(enc.item_ids,
+                                                                      items)[enc.items]
+    return backend.frames().DataFrame({"key": xp.unique(keys)})
 
 
 # -- one range of users ---------------------------------------------------------------------
@@ -114,29 +121,48 @@ class Users:
     """The interactions of one contiguous range of users.
 
     Attributes:
-        users, items: int64 codes of unique pairs, shape (m,), sorted by user then item.
+        items: item codes of unique pairs, shape (m,), sorted by user then item (int64 after
+            the dedupe, int32 after the filters: the biggest thing a worker keeps).
+        users: user code of each pair, int64, shape (m,); None after the filters (it is
+            ``ids[inverse]``).
         ids: sorted distinct user codes of the range (after the count filters), shape (u,).
-        inverse: index into ``ids`` of each pair, shape (m,).
+        inverse: int32 index into ``ids`` of each pair, shape (m,).
         labels: int8 split label of each of ``ids`` (TRAIN until labelled), shape (u,).
     """
 
-    users: Array
     items: Array
+    users: Array = None
     ids: Array = None
     inverse: Array = None
     labels: Array = None
 
 
 def dedupe(frame: Any, n_items: int, backend_name: str) -> Users:
-    """Unique pairs of a partition of the frame indexed by user code."""
+    """Unique pairs of one partition of the frame indexed by sorted pair key.
+
+    Returns:
+        Users with int64 ``users`` and ``items`` codes, shape (m,), sorted by user then item.
+    """
     xp = _backend(backend_name).xp
-    users, items = split.dedupe(xp, xp.asarray(frame.index.values, dtype=xp.int64),
-                                xp.asarray(frame["item"].values, dtype=xp.int64), n_items)
-    return Users(users, items)
+    keys = xp.asarray(frame.index.values, dtype=xp.int64)
+    first = xp.ones(keys.shape[0], dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]   # sorted by the shuffle: duplicates are adjacent
+    keys = keys[first]
+    return Users(keys % n_items, keys // n_items)
+
+
+def _runs(xp: Any, codes: Array) -> tuple[Array, Array, Array]:
+    """``xp.unique(codes, return_inverse=True, return_counts=True)`` for sorted codes, in one
+    pass instead of a sort."""
+    first = xp.ones(codes.shape[0], dtype=bool)
+    first[1:] = codes[1:] != codes[:-1]
+    starts = xp.flatnonzero(first)
+    counts = xp.diff(xp.concatenate([starts, xp.asarray([codes.shape[0]])]))
+    return codes[starts], xp.cumsum(first) - 1, counts
 
 
 def n_pairs(part: Users) -> int:
-    return int(part.users.shape[0])
+    return int(part.items.shape[0])
 
 
 def item_counts(part: Users, n_items: int, backend_name: str) -> Array:
@@ -155,11 +181,11 @@ def count_filter(part: Users, per_item: Array, min_item: int, min_user: int,
     xp = _backend(backend_name).xp
     keep = per_item[part.items] >= min_item
     users, items = part.users[keep], part.items[keep]
-    ids, inverse, per_user = xp.unique(users, return_inverse=True, return_counts=True)
+    _, inverse, per_user = _runs(xp, users)
     keep = per_user[inverse] >= min_user
     users, items = users[keep], items[keep]
-    ids, inverse = xp.unique(users, return_inverse=True)
-    return Users(users, items, ids, inverse.reshape(-1),
+    ids, inverse, _ = _runs(xp, users)
+    return Users(items.astype(xp.int32), None, ids, inverse.astype(xp.int32),
                  xp.zeros(ids.shape[0], dtype=xp.int8))
 
 
@@ -270,7 +296,8 @@ def heldout_piece(part: Users, offset: int, value: int,
     """
     cols = column[part.items]
     mask = (part.labels[part.inverse] == value) & (cols >= 0)
-    return part.inverse[mask] + offset, part.users[mask], cols[mask]
+    inverse = part.inverse[mask]
+    return inverse.astype(np.int64) + offset, part.ids[inverse], cols[mask]
 
 
 def write_heldout(directory: str, name: str, n_cols: int, n_chosen: int, seed: int,
@@ -283,11 +310,10 @@ def write_heldout(directory: str, name: str, n_cols: int, n_chosen: int, seed: i
     users = xp.concatenate([p[0] for p in pieces])
     ids = xp.concatenate([p[1] for p in pieces])
     held = xp.concatenate([p[2] for p in pieces])
-    members, inverse, counts = xp.unique(users, return_inverse=True, return_counts=True)
-    keep = counts[inverse.reshape(-1)] >= 2
+    _, inverse, counts = _runs(xp, users)   # pieces in range order: users ascending
+    keep = counts[inverse] >= 2
     users, ids, held = users[keep], ids[keep], held[keep]
-    members, rows = xp.unique(users, return_inverse=True)
-    rows = rows.reshape(-1).astype(xp.int64)
+    members, rows, _ = _runs(xp, users)
     n_rows = int(members.shape[0])
     target = split.target_mask(xp, rows, held, n_rows, seed, fraction)
 
