@@ -50,10 +50,11 @@ class CpuBackend(Backend):
                      memory_limit: str | None = None) -> Iterator[Any]:
         from dask.distributed import LocalCluster
 
-        # Loopback only, no dashboard: nothing is exposed beyond this machine.
+        # Loopback only, the HTTP endpoint on an ephemeral port: nothing is exposed beyond
+        # this machine, and two clusters never contend for dask's default port 8787.
         with LocalCluster(host="127.0.0.1", n_workers=workers or min(4, os.cpu_count() or 1),
                           threads_per_worker=1, memory_limit=memory_limit or "auto",
-                          dashboard_address=None) as cluster:
+                          dashboard_address="127.0.0.1:0") as cluster:
             yield cluster
 
     def configure_tensorflow(self) -> None:

@@ -63,7 +63,7 @@ class GpuBackend(Backend):
             raise VaecfError(f"--dask on GPU needs dask-cuda ({error}); pip install "
                              "'vaecf[gpu]'") from None
         # One worker per GPU unless told; memory_limit is host memory, as on the CPU.
-        with LocalCUDACluster(ip="127.0.0.1", dashboard_address=None, n_workers=workers,
+        with LocalCUDACluster(ip="127.0.0.1", dashboard_address="127.0.0.1:0", n_workers=workers,
                               memory_limit=memory_limit or "auto") as cluster:
             yield cluster
 
