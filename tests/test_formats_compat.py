@@ -55,6 +55,8 @@ def test_old_run_serves_and_tests_as_before(old, cli):
                  "--json", old / "test-now.json")
     assert result.code == 0, result.err
     now = json.loads((old / "test-now.json").read_text())
-    for column in ("model", "popularity"):
-        assert now[column] == pytest.approx(before[column], abs=1e-6)
+    # The model's figures, not the popularity baseline's: that one scores items by counts,
+    # whose many ties the old code ranked in whatever order the machine's SIMD sort gave
+    # (today ties rank by column on every machine; test_metrics checks it).
+    assert now["model"] == pytest.approx(before["model"], abs=1e-6)
     assert now["users"] == before["users"] and now["best_epoch"] == before["best_epoch"]

@@ -81,3 +81,18 @@ def test_evaluate_popularity_baseline_on_bundled_data(small_dataset):
     assert result == pytest.approx(whole)
     assert result["users"] == foldin.shape[0]
     assert 0.1 < result["ndcg@100"] < 0.4
+
+
+def test_tied_scores_rank_in_column_order():
+    """Counts tie often (the popularity baseline): equal scores are ranked by column on every
+    machine, as a stable sort ranks them, whatever the CPU's sort kernels."""
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 4, (40, 300)).astype(np.float32)
+    foldin = rng.random((40, 300)) < 0.3
+    for k in (1, 7, 50, 300):
+        ranked = metrics.top_k(np, metrics.exclude(np, scores.copy(),
+                                                   scipy.sparse.csr_matrix(foldin)), k)
+        for u in range(40):
+            visible = np.where(foldin[u], -np.inf, scores[u])
+            want = np.argsort(-visible, kind="stable")[:k]
+            assert ranked[u].tolist() == want.tolist()

@@ -42,6 +42,7 @@ import numpy as np
 from vaecf.atomic import atomic_directory
 from vaecf.backend import Backend
 from vaecf.data import blocks, split
+from vaecf.data import dask_files as files
 from vaecf.data import dask_tasks as tasks
 from vaecf.data.dask_cluster import (
     DaskOptions,
@@ -197,28 +198,28 @@ def _write(client: Any, directory: str, read: dict[str, Any], done: dict[str, An
     shards = []
     for k in range(cfg.shards):
         lo, hi = int(bounds[k]), int(bounds[k + 1])
-        pieces = [client.submit(tasks.train_piece, parts[p], column,
+        pieces = [client.submit(files.train_piece, parts[p], column,
                                 max(lo, starts[p]) - starts[p], min(hi, starts[p + 1]) - starts[p],
                                 backend_name=name)
                   for p in range(len(parts)) if starts[p] < hi and starts[p + 1] > lo]
-        shards.append(client.submit(tasks.write_shard, directory, shard_name(k, cfg.shards),
+        shards.append(client.submit(files.write_shard, directory, shard_name(k, cfg.shards),
                                     n_cols, name, *pieces))
     heldout = {}
     for value, split_name in ((split.VALIDATION, "validation"), (split.TEST, "test")):
-        pieces = client.map(tasks.heldout_piece, parts, done["offsets"], value=value,
+        pieces = client.map(files.heldout_piece, parts, done["offsets"], value=value,
                             column=column)
         heldout[split_name] = client.submit(
-            tasks.write_heldout, directory, split_name, n_cols, done["chosen"][value],
+            files.write_heldout, directory, split_name, n_cols, done["chosen"][value],
             cfg.seed, cfg.holdout_fraction, name, *pieces)
-    ids = {key: client.submit(tasks.heldout_ids, future) for key, future in heldout.items()}
+    ids = {key: client.submit(files.heldout_ids, future) for key, future in heldout.items()}
     tables = {
-        "items.parquet": client.submit(tasks.write_items, directory, read["items"],
+        "items.parquet": client.submit(files.write_items, directory, read["items"],
                                        done["train_per_item"], name),
-        "users.parquet": client.submit(tasks.write_users, directory, read["users"],
+        "users.parquet": client.submit(files.write_users, directory, read["users"],
                                        ids["validation"], ids["test"],
-                                       *client.map(tasks.train_ids, parts, backend_name=name)),
+                                       *client.map(files.train_ids, parts, backend_name=name)),
     }
-    held = {key: client.submit(tasks.heldout_entries, future) for key, future in heldout.items()}
+    held = {key: client.submit(files.heldout_entries, future) for key, future in heldout.items()}
     return client.gather({"shards": shards, "heldout": held, "tables": tables,
                           "types": [client.submit(tasks.id_type, read["users"]),
                                     client.submit(tasks.id_type, read["items"])]})
@@ -228,7 +229,25 @@ def prepare_on_cluster(paths: list[Path], out: Path, spec: ColumnSpec, cfg: Prep
                        backend: Backend, options: DaskOptions, steps: Steps, force: bool,
                        report: dict[str, Any]) -> dict[str, Any]:
     """The whole stage on a cluster; returns the meta.json written. ``report`` receives each
-    worker's peak resident memory (GB)."""
+    worker's peak resident memory (GB).
+
+    Workers may run in other directories, so they get absolute paths; meta.json and error
+    messages keep the paths as given, as in one process.
+    """
+    absolute = [path.resolve() for path in paths]
+    try:
+        return _on_cluster(paths, absolute, out, spec, cfg, backend, options, steps, force,
+                           report)
+    except VaecfError as error:
+        message = str(error)
+        for full, path in zip(absolute, paths, strict=True):
+            message = message.replace(printable(full), printable(path))
+        raise VaecfError(message) from None
+
+
+def _on_cluster(given: list[Path], paths: list[Path], out: Path, spec: ColumnSpec,
+                cfg: PrepareSettings, backend: Backend, options: DaskOptions, steps: Steps,
+                force: bool, report: dict[str, Any]) -> dict[str, Any]:
     with dask_client(backend, options) as client, cluster_errors(options):
         # The inputs' sha256 are computed by the workers, beside the other steps.
         sources = client.map(source_entry, paths)
@@ -250,7 +269,8 @@ def prepare_on_cluster(paths: list[Path], out: Path, spec: ColumnSpec, cfg: Prep
                 counts[key] = held["counts"]
                 dropped += held["dropped"]
             stats = {**done["stats"], "heldout_users_dropped": dropped}
-            sources = client.gather(sources)
+            sources = [{**entry, "path": str(path)}
+                       for entry, path in zip(client.gather(sources), given, strict=True)]
             meta = dataset_meta(cfg, sources, stats, counts, list(matrices)[:cfg.shards],
                                 matrices, files["tables"], tuple(files["types"]))
             write_meta(tmp, meta)

@@ -26,22 +26,13 @@ import pyarrow.compute as pc
 
 from vaecf.backend import Backend, select_backend
 from vaecf.data import blocks, frames, split
-from vaecf.data.dataset import write_csr, write_table
-from vaecf.data.readers import (
-    ColumnSpec,
-    Encoded,
-    encode,
-    int64_arrow,
-    read_file,
-    string_arrow,
-)
-from vaecf.formats import file_sha256
+from vaecf.data.readers import ColumnSpec, Encoded, encode, read_file
 
 Array = Any  # numpy.ndarray or cupy.ndarray
 
 
 @functools.cache
-def _backend(name: str) -> Backend:
+def worker_backend(name: str) -> Backend:
     """The worker's backend, made once per worker process. pyarrow's own thread pool is
     limited to one thread: a worker's parallelism is its dask threads, each reading one
     block, and two pools on the same cores would only contend."""
@@ -54,7 +45,7 @@ def _backend(name: str) -> Backend:
 def read_block(block: blocks.Block, spec: ColumnSpec, min_rating: float | None,
                backend_name: str) -> Encoded:
     """Read, check and threshold one block; codes index the block's own sorted distinct ids."""
-    backend = _backend(backend_name)
+    backend = worker_backend(backend_name)
     part = blocks.load(block)
     path = Path(block.path)
     if backend.native_reader == "cudf":
@@ -101,7 +92,7 @@ def encode_block(enc: Encoded, users: pa.Array, items: pa.Array, backend_name: s
     """A block's distinct pairs as a one-column frame of int64 keys, ``user * n_items +
     item`` in global codes, sorted: one column halves what the shuffle moves, and a range of
     keys is a range of users."""
-    backend = _backend(backend_name)
+    backend = worker_backend(backend_name)
     xp = backend.xp
 
     def remap(local: pa.Array, uniques: pa.Array) -> Array:
@@ -143,7 +134,7 @@ def dedupe(frame: Any, n_items: int, backend_name: str) -> Users:
     Returns:
         Users with int64 ``users`` and ``items`` codes, shape (m,), sorted by user then item.
     """
-    xp = _backend(backend_name).xp
+    xp = worker_backend(backend_name).xp
     keys = xp.asarray(frame.index.values, dtype=xp.int64)
     first = xp.ones(keys.shape[0], dtype=bool)
     first[1:] = keys[1:] != keys[:-1]   # sorted by the shuffle: duplicates are adjacent
@@ -151,7 +142,7 @@ def dedupe(frame: Any, n_items: int, backend_name: str) -> Users:
     return Users(keys % n_items, keys // n_items)
 
 
-def _runs(xp: Any, codes: Array) -> tuple[Array, Array, Array]:
+def runs(xp: Any, codes: Array) -> tuple[Array, Array, Array]:
     """``xp.unique(codes, return_inverse=True, return_counts=True)`` for sorted codes, in one
     pass instead of a sort."""
     first = xp.ones(codes.shape[0], dtype=bool)
@@ -167,7 +158,7 @@ def n_pairs(part: Users) -> int:
 
 def item_counts(part: Users, n_items: int, backend_name: str) -> Array:
     """Pairs per item code, shape (n_items,)."""
-    return _backend(backend_name).xp.bincount(part.items, minlength=n_items)
+    return worker_backend(backend_name).xp.bincount(part.items, minlength=n_items)
 
 
 def add(a: Array, b: Array) -> Array:
@@ -178,20 +169,20 @@ def count_filter(part: Users, per_item: Array, min_item: int, min_user: int,
                  backend_name: str) -> Users:
     """The reference preprocessing's filters: items with >= min_item pairs (counted over all
     ranges), then users with >= min_user of the remaining pairs (all in this range)."""
-    xp = _backend(backend_name).xp
+    xp = worker_backend(backend_name).xp
     keep = per_item[part.items] >= min_item
     users, items = part.users[keep], part.items[keep]
-    _, inverse, per_user = _runs(xp, users)
+    _, inverse, per_user = runs(xp, users)
     keep = per_user[inverse] >= min_user
     users, items = users[keep], items[keep]
-    ids, inverse, _ = _runs(xp, users)
+    ids, inverse, _ = runs(xp, users)
     return Users(items.astype(xp.int32), None, ids, inverse.astype(xp.int32),
                  xp.zeros(ids.shape[0], dtype=xp.int8))
 
 
 def kept_counts(part: Users, backend_name: str) -> tuple[int, int, int]:
     """(pairs, users, users with >= 2 pairs) of a filtered range."""
-    xp = _backend(backend_name).xp
+    xp = worker_backend(backend_name).xp
     per_user = xp.bincount(part.inverse, minlength=part.ids.shape[0])
     return n_pairs(part), int(part.ids.shape[0]), int((per_user >= 2).sum())
 
@@ -203,7 +194,7 @@ def candidates(part: Users, offset: int, seed: int, wanted: int,
     Returns:
         (global user codes, their hashes), host arrays of shape (<= wanted,).
     """
-    backend = _backend(backend_name)
+    backend = worker_backend(backend_name)
     xp = backend.xp
     per_user = xp.bincount(part.inverse, minlength=part.ids.shape[0])
     codes = xp.flatnonzero(per_user >= 2) + offset
@@ -215,7 +206,7 @@ def candidates(part: Users, offset: int, seed: int, wanted: int,
 def label(part: Users, offset: int, test: np.ndarray, validation: np.ndarray,
           backend_name: str) -> Users:
     """Split labels of the range's users, from the chosen global codes (sorted arrays)."""
-    backend = _backend(backend_name)
+    backend = worker_backend(backend_name)
     xp = backend.xp
     codes = xp.arange(part.ids.shape[0], dtype=xp.int64) + offset
     labels = xp.zeros(part.ids.shape[0], dtype=xp.int8)
@@ -227,15 +218,15 @@ def label(part: Users, offset: int, test: np.ndarray, validation: np.ndarray,
     return replace(part, labels=labels)
 
 
-def _train(part: Users) -> Array:
+def train_pairs(part: Users) -> Array:
     """Which pairs are training pairs, shape (m,)."""
     return part.labels[part.inverse] == split.TRAIN
 
 
 def train_item_counts(part: Users, n_items: int, backend_name: str) -> Array:
     """Training pairs per item code, shape (n_items,)."""
-    xp = _backend(backend_name).xp
-    return xp.bincount(part.items[_train(part)], minlength=n_items)
+    xp = worker_backend(backend_name).xp
+    return xp.bincount(part.items[train_pairs(part)], minlength=n_items)
 
 
 def n_train_users(part: Users) -> int:
@@ -244,121 +235,10 @@ def n_train_users(part: Users) -> int:
 
 def columns(train_per_item: Array, backend_name: str) -> Array:
     """Matrix column of each item code (-1: no training pair), shape (n_items,)."""
-    xp = _backend(backend_name).xp
+    xp = worker_backend(backend_name).xp
     present = train_per_item > 0
     return xp.where(present, xp.cumsum(present) - 1, -1)
 
 
 def n_positive(values: Array) -> int:
     return int((values > 0).sum())
-
-
-def train_piece(part: Users, column: Array, lo: int, hi: int,
-                backend_name: str) -> tuple[Array, Array]:
-    """The range's training rows [lo, hi) (local training-user ranks).
-
-    Returns:
-        (pairs per row of shape (hi - lo,), int32 columns of those rows' pairs in order).
-    """
-    xp = _backend(backend_name).xp
-    is_train = part.labels == split.TRAIN
-    rank = xp.cumsum(is_train) - 1
-    pair_rank = rank[part.inverse]
-    mask = _train(part) & (pair_rank >= lo) & (pair_rank < hi)
-    rows = pair_rank[mask] - lo
-    return (xp.bincount(rows, minlength=hi - lo),
-            column[part.items[mask]].astype(xp.int32))
-
-
-def write_shard(directory: str, name: str, n_cols: int, backend_name: str,
-                *pieces: tuple[Array, Array]) -> dict[str, Any]:
-    """Write one training shard from its pieces (consecutive row ranges); its meta entry."""
-    backend = _backend(backend_name)
-    counts = np.concatenate([backend.to_numpy(c) for c, _ in pieces])
-    indptr = np.zeros(counts.shape[0] + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    indices = np.concatenate([backend.to_numpy(i) for _, i in pieces])
-    return write_csr(Path(directory), name, split.Csr(indptr, indices, (len(counts), n_cols)))
-
-
-def train_ids(part: Users, backend_name: str) -> np.ndarray:
-    """User codes of the range's training users, host int64."""
-    backend = _backend(backend_name)
-    return backend.to_numpy(part.ids[part.labels == split.TRAIN])
-
-
-def heldout_piece(part: Users, offset: int, value: int,
-                  column: Array) -> tuple[Array, Array, Array]:
-    """The range's held-out pairs of one split whose item has a training column.
-
-    Returns:
-        (global kept-user codes, user codes, columns), one entry per pair, in order.
-    """
-    cols = column[part.items]
-    mask = (part.labels[part.inverse] == value) & (cols >= 0)
-    inverse = part.inverse[mask]
-    return inverse.astype(np.int64) + offset, part.ids[inverse], cols[mask]
-
-
-def write_heldout(directory: str, name: str, n_cols: int, n_chosen: int, seed: int,
-                  fraction: float, backend_name: str,
-                  *pieces: tuple[Array, Array, Array]) -> dict[str, Any]:
-    """Fold-in and target matrices of one held-out split, as the single-process split makes
-    them (users left with < 2 known items are dropped)."""
-    backend = _backend(backend_name)
-    xp = backend.xp
-    users = xp.concatenate([p[0] for p in pieces])
-    ids = xp.concatenate([p[1] for p in pieces])
-    held = xp.concatenate([p[2] for p in pieces])
-    _, inverse, counts = _runs(xp, users)   # pieces in range order: users ascending
-    keep = counts[inverse] >= 2
-    users, ids, held = users[keep], ids[keep], held[keep]
-    members, rows, _ = _runs(xp, users)
-    n_rows = int(members.shape[0])
-    target = split.target_mask(xp, rows, held, n_rows, seed, fraction)
-
-    def host(csr: split.Csr) -> split.Csr:
-        return split.Csr(backend.to_numpy(csr.indptr), backend.to_numpy(csr.indices), csr.shape)
-
-    foldin = host(split.to_csr(xp, rows[~target], held[~target], n_rows, n_cols))
-    targets = host(split.to_csr(xp, rows[target], held[target], n_rows, n_cols))
-    first = xp.ones(users.shape[0], dtype=bool)
-    first[1:] = users[1:] != users[:-1]
-    return {"foldin": write_csr(Path(directory), f"{name}-foldin", foldin),
-            "target": write_csr(Path(directory), f"{name}-target", targets),
-            "counts": {"users": n_rows, "foldin_interactions": int(foldin.indices.shape[0]),
-                       "target_interactions": int(targets.indices.shape[0])},
-            "ids": backend.to_numpy(ids[first]), "dropped": n_chosen - n_rows}
-
-
-def write_items(directory: str, ids: pa.Array, train_per_item: Array,
-                backend_name: str) -> str:
-    """items.parquet (the training items' ids in column order); its sha256."""
-    backend = _backend(backend_name)
-    codes = np.flatnonzero(backend.to_numpy(train_per_item) > 0)
-    path = Path(directory) / "items.parquet"
-    write_table(path, {"item_id": ids.take(int64_arrow(codes))})
-    return file_sha256(path)
-
-
-def write_users(directory: str, ids: pa.Array, validation: np.ndarray, test: np.ndarray,
-                *train: np.ndarray) -> str:
-    """users.parquet: training users in id order, then validation, then test; its sha256."""
-    parts = {"train": np.concatenate(train), "validation": validation, "test": test}
-    path = Path(directory) / "users.parquet"
-    write_table(path, {
-        "user_id": pa.concat_arrays([ids.take(int64_arrow(c)) for c in parts.values()]),
-        "split": string_arrow([name for name, c in parts.items() for _ in range(len(c))]),
-        "row": int64_arrow(np.concatenate([np.arange(len(c)) for c in parts.values()])),
-    })
-    return file_sha256(path)
-
-
-def heldout_ids(written: dict[str, Any]) -> np.ndarray:
-    """User codes of a written held-out split's users, in row order."""
-    return written["ids"]
-
-
-def heldout_entries(written: dict[str, Any]) -> dict[str, Any]:
-    """What the client needs of a written held-out split (no per-user arrays)."""
-    return {key: value for key, value in written.items() if key != "ids"}

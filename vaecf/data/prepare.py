@@ -25,8 +25,8 @@ from vaecf.data.readers import (
     expand_inputs,
     int64_arrow,
     read_inputs,
+    repeated_strings,
     source_entry,
-    string_arrow,
 )
 from vaecf.errors import VaecfError, printable
 from vaecf.formats import file_sha256
@@ -169,16 +169,15 @@ def write_dataset(
 
     write_table(directory / "items.parquet",
                 {"item_id": enc.item_ids.take(int64_arrow(host(splits.item_codes)))})
-    user_ids, split_col, row_col = [], [], []
-    for name, codes in splits.user_rows.items():
+    user_ids, row_col = [], []
+    for codes in splits.user_rows.values():
         codes = host(codes)
         user_ids.append(enc.user_ids.take(int64_arrow(codes)))
-        split_col += [name] * len(codes)
         row_col.append(np.arange(len(codes), dtype=np.int64))
     # Arrow builders throughout: pa.array() on NumPy or lists imports pandas (1.5 s).
     write_table(directory / "users.parquet", {
         "user_id": pa.concat_arrays(user_ids),
-        "split": string_arrow(split_col),
+        "split": repeated_strings(list(splits.user_rows), [len(r) for r in row_col]),
         "row": int64_arrow(np.concatenate(row_col)),
     })
 

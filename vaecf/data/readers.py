@@ -496,14 +496,18 @@ def int64_arrow(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
 
 
-def string_arrow(values: list[str]) -> pa.Array:
-    """A list of str as an Arrow string array, built from buffers (``pa.array`` imports
-    pandas)."""
+def repeated_strings(values: list[str], counts: list[int]) -> pa.Array:
+    """An Arrow string array of each value repeated its count of times, in order, built from
+    buffers (``pa.array`` imports pandas, and a Python list of millions of str costs ~60
+    bytes each)."""
     encoded = [value.encode() for value in values]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
-    np.cumsum([len(e) for e in encoded], out=offsets[1:])
-    return pa.Array.from_buffers(pa.string(), len(encoded),
-                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+    lengths = np.repeat(np.array([len(e) for e in encoded], dtype=np.int64),
+                        np.asarray(counts, dtype=np.int64))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    data = b"".join(e * count for e, count in zip(encoded, counts, strict=True))
+    return pa.Array.from_buffers(pa.string(), len(lengths),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def _int64_numpy(column: pa.ChunkedArray) -> np.ndarray:

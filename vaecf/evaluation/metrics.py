@@ -29,11 +29,25 @@ def exclude(xp: Any, scores: Any, foldin: Any) -> Any:
 
 
 def top_k(xp: Any, scores: Any, k: int) -> Any:
-    """Column indices of the k highest scores per row, best first: int (B, min(k, I))."""
+    """Column indices of the k highest scores per row, best first, equal scores in column
+    order: int (B, min(k, I)).
+
+    Ties are broken by column on purpose: which of several tied items ``argpartition`` and
+    ``argsort`` return depends on the CPU's SIMD sort kernels (NumPy dispatches AVX-512 and
+    AVX2 differently), and ties are common (the popularity baseline scores by counts), so
+    metrics would differ between machines.
+    """
     k = min(k, scores.shape[1])
     part = xp.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = xp.argsort(-xp.take_along_axis(scores, part, axis=1), axis=1)
-    return xp.take_along_axis(part, order, axis=1)
+    kth = xp.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)   # (B, 1)
+    above = scores > kth
+    tied = scores == kth
+    # Of the items tied with the k-th score, those with the lowest columns fill the k.
+    room = k - above.sum(axis=1, keepdims=True)
+    chosen = above | (tied & (xp.cumsum(tied, axis=1) <= room))
+    picked = xp.nonzero(chosen)[1].reshape(scores.shape[0], k)   # columns ascending
+    order = xp.argsort(-xp.take_along_axis(scores, picked, axis=1), axis=1, kind="stable")
+    return xp.take_along_axis(picked, order, axis=1)
 
 
 def per_user(xp: Any, ranked: Any, targets: Any, ks: list[int]) -> dict[str, Any]:
