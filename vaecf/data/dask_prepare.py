@@ -15,9 +15,10 @@ gathers is named on each line, and none of it grows with the number of interacti
    partition keeps its items and users. Gathered: pairs, users and eligible users per
    partition.
 4. split: each partition offers its first eligible users in the split's hash order; the
-   client picks the held-out users from those offers (at most validation + test users per
-   partition). Partitions label their users; training items' counts are summed on the
-   workers into the column of each item. Gathered: training users per partition.
+   offers are merged pairwise on the workers into the held-out users (at most validation +
+   test users reach the client). Partitions label their users; training items' counts are
+   summed on the workers into the column of each item. Gathered: the held-out users,
+   training users per partition.
 5. write: the training shards (each a contiguous block of training users, gathered from the
    partitions that hold it), the held-out matrices, items.parquet and users.parquet are
    written by the workers into the dataset's temporary directory, each with its sha256
@@ -163,11 +164,9 @@ def _split(client: Any, parts: list[Any], read: dict[str, Any], cfg: PrepareSett
         n_test = split.resolve_count(cfg.test_users, n_users, cfg.max_heldout_users)
         n_val = split.resolve_count(cfg.val_users, n_users, cfg.max_heldout_users)
         split.check_heldout(n_users, sum(c[2] for c in counts), n_val, n_test)
-        offers = client.gather(client.map(tasks.candidates, kept, offsets, seed=cfg.seed,
-                                          wanted=n_val + n_test, backend_name=name))
-        codes = np.concatenate([c for c, _ in offers])
-        hashes = np.concatenate([h for _, h in offers])
-        chosen = codes[np.lexsort(np.stack([codes.astype(np.uint64), hashes]))]
+        offers = client.map(tasks.candidates, kept, offsets, seed=cfg.seed,
+                            wanted=n_val + n_test, backend_name=name)
+        chosen, _ = _tree(client, tasks.first_offers, offers, wanted=n_val + n_test).result()
         test = client.scatter(np.sort(chosen[:n_test]))
         validation = client.scatter(np.sort(chosen[n_test:n_test + n_val]))
         labelled = client.map(tasks.label, kept, offsets, test=test, validation=validation,

@@ -203,6 +203,14 @@ def candidates(part: Users, offset: int, seed: int, wanted: int,
     return backend.to_numpy(codes[order]), backend.to_numpy(h[order])
 
 
+def first_offers(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],
+                 wanted: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``wanted`` first of two offers (codes, hashes), in the same hash order."""
+    codes, hashes = np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])
+    order = np.lexsort(np.stack([codes.astype(np.uint64), hashes]))[:wanted]
+    return codes[order], hashes[order]
+
+
 def label(part: Users, offset: int, test: np.ndarray, validation: np.ndarray,
           backend_name: str) -> Users:
     """Split labels of the range's users, from the chosen global codes (sorted arrays)."""
