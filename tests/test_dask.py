@@ -217,3 +217,83 @@ def test_cluster_flags_are_checked_in_one_line(tmp_path, cli, args, message):
                  "--out", tmp_path / "out")
     assert result.code == 2 and message in result.err, result.err
     assert result.err.strip().count("\n") == 0 and not (tmp_path / "out").exists()
+
+
+class _FakeScheduler:
+    """A loopback server that accepts connections and either says nothing or answers like an
+    HTTP server; closed when the test ends."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        import socket
+        import threading
+
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self.server.getsockname()[1]}"
+        self.held: list = []
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = self.server.accept()
+                except OSError:
+                    return
+                self.held.append(conn)
+                if reply is not None:
+                    conn.sendall(reply)
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize(("reply", "why"), [
+    (None, "it sent no handshake within 10 s"),
+    (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", "what it sent is not a dask "
+     "handshake"),
+])
+def test_a_server_that_is_not_a_scheduler_is_one_line(tmp_path, cli, reply, why):
+    fake = _FakeScheduler(reply)
+    try:
+        result = cli("prepare", "--example", "movielens-small", "--backend", "cpu", "-q",
+                     "--scheduler", fake.address, "--out", tmp_path / "out")
+    finally:
+        fake.close()
+    assert result.code == 2
+    assert result.err.strip() == f"error: --scheduler {fake.address}: not a dask scheduler " \
+        f"({why})"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["bad row", "binary", "truncated gzip", "nothing kept"])
+def test_errors_under_a_local_cluster_print_what_one_process_prints(tmp_path, damage):
+    """Nothing of dask's own logging (worker errors, heartbeats after shutdown) around the
+    error line: the whole of stderr is the single-process one."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    source = tmp_path / ("ratings.csv.gz" if damage == "truncated gzip" else "ratings.csv")
+    rating = 2 if damage == "nothing kept" else 4
+    text = ("userId,movieId,rating\n" + "".join(f"{r % 50},{r % 30},{rating}\n"
+                                                for r in range(3000))
+            + ("7,8,great\n" if damage == "bad row" else ""))
+    if damage == "binary":
+        source.write_bytes(b"\x00\x01\x02" * 1000)
+    elif damage == "truncated gzip":
+        source.write_bytes(gzip.compress(text.encode())[:-200])
+    else:
+        source.write_text(text)
+    errors = []
+    for extra in ([], ["--dask", "--workers", "1"]):
+        run = subprocess.run([sys.executable, "-m", "vaecf", "prepare", str(source),
+                              "--rating-col", "rating", "--min-rating", "3", "--backend", "cpu",
+                              "-q", "--out",
+                              str(tmp_path / "out"), *extra], capture_output=True, text=True,
+                             cwd=ROOT, timeout=120)
+        assert run.returncode == 2
+        errors.append(run.stderr)
+    assert errors[1] == errors[0] and errors[0].count("\n") == 1, errors

@@ -54,7 +54,8 @@ class CpuBackend(Backend):
         # this machine, and two clusters never contend for dask's default port 8787.
         with LocalCluster(host="127.0.0.1", n_workers=workers or min(4, os.cpu_count() or 1),
                           threads_per_worker=1, memory_limit=memory_limit or "auto",
-                          dashboard_address="127.0.0.1:0") as cluster:
+                          dashboard_address="127.0.0.1:0",
+                          silence_logs=logging.CRITICAL) as cluster:
             yield cluster
 
     def configure_tensorflow(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -64,7 +65,8 @@ class GpuBackend(Backend):
                              "'vaecf[gpu]'") from None
         # One worker per GPU unless told; memory_limit is host memory, as on the CPU.
         with LocalCUDACluster(ip="127.0.0.1", dashboard_address="127.0.0.1:0", n_workers=workers,
-                              memory_limit=memory_limit or "auto") as cluster:
+                              memory_limit=memory_limit or "auto",
+                              silence_logs=logging.CRITICAL) as cluster:
             yield cluster
 
     def configure_tensorflow(self) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -52,6 +54,43 @@ def _quiet_dask() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def _first_bytes(address: str, timeout: float) -> bytes | None:
+    """The first 8 bytes a ``tcp://`` address sends after accepting, or None for an address
+    this check does not cover (TLS, UCX, ...). A dask server sends its handshake first."""
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp"):
+        return None
+    host, _, port = rest.rpartition(":")
+    if not port.isdigit():
+        raise VaecfError(f"--scheduler {printable(address)}: expected tcp://HOST:PORT")
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+        head = b""
+        while len(head) < 8 and (chunk := sock.recv(8 - len(head))):
+            head += chunk
+    return head
+
+
+def check_scheduler(address: str, timeout: float = 10.0) -> None:
+    """Refuse, in one line and in bounded time, an address that is not a dask scheduler: one
+    that accepts and says nothing would hang dask's client, and one that answers something
+    else is read as a frame length (an allocation of exabytes)."""
+    where = f"--scheduler {printable(address)}"
+    try:
+        head = _first_bytes(address, timeout)
+    except TimeoutError:
+        raise VaecfError(f"{where}: not a dask scheduler (it sent no handshake within "
+                         f"{timeout:.0f} s)") from None
+    except OSError as error:
+        raise VaecfError(f"{where}: cannot connect ({printable(error.strerror or str(error))})"
+                         ) from None
+    if head is None:
+        return
+    # dask's TCP messages start with their length, a handshake's being a few dozen bytes.
+    if len(head) < 8 or not 0 < struct.unpack("<Q", head)[0] < 1 << 16:
+        raise VaecfError(f"{where}: not a dask scheduler (what it sent is not a dask "
+                         "handshake)")
+
+
 @contextlib.contextmanager
 def dask_client(backend: Backend, options: DaskOptions) -> Iterator[Any]:
     """A connected ``distributed.Client``, closed (with its local cluster) on exit."""
@@ -64,6 +103,7 @@ def dask_client(backend: Backend, options: DaskOptions) -> Iterator[Any]:
         if options.workers is not None or options.worker_memory is not None:
             raise VaecfError("--workers and --worker-memory size a local cluster; with "
                              "--scheduler, start the workers with `dask worker`")
+        check_scheduler(options.scheduler)
         try:
             client = Client(options.scheduler, timeout="15s")
         except (OSError, TimeoutError, ValueError) as error:
