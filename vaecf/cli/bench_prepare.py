@@ -38,15 +38,15 @@ def bench_prepare(
     shuffle: Annotated[Literal["tasks", "p2p"] | None, typer.Option(
         "--shuffle", help="--dask: dask's shuffle method.", show_default="prepare's")] = None,
     single: Annotated[bool, typer.Option(
-        "--single/--no-single", help="With --dask, also run the single-process path (and the "
+        "--single/--no-single", metavar="", help="With --dask, also run the single-process path (and the "
         "bare read) on the same file; --no-single for inputs too big for one process.")] = True,
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Also write the results to this JSON file.", dir_okay=False)] = None,
 ) -> None:
     import json
 
-    from vaecf.atomic import check_writable, write_text
-    from vaecf.bench.prepare import run
+    from vaecf.atomic import check_outputs, write_text
+    from vaecf.bench.prepare import run, work_paths
     from vaecf.errors import VaecfError
     from vaecf.progress import console
 
@@ -58,7 +58,7 @@ def bench_prepare(
         raise VaecfError("--workers, --worker-memory, --blocksize and --shuffle need --dask")
     if not dask and not single:
         raise VaecfError("--no-single needs --dask (there would be nothing to time)")
-    check_writable(json_out, "--json")
+    check_outputs({"--json": json_out}, work_paths(workdir, rows))
     dask_flags = ([item for key, value in flags.items() if value is not None
                    for item in (key, str(value))] if dask else None)
     result = run(workdir, rows, backend, dask_flags, single)
