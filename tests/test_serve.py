@@ -373,6 +373,8 @@ def test_a_recvae_run_serves_too(small_dataset, tmp_path, cli):
     (["--top-k", "100000"], "--top-k"),
     (["--precision", "int8"], "--precision"),
     (["--workers", "0"], "--workers 0: must be from 1 to 64"),
+    (["--max-wait-ms", "nan"], "--max-wait-ms nan: must be from 0 to 1000"),
+    (["--max-wait-ms", "inf"], "--max-wait-ms inf: must be from 0 to 1000"),
     (["bench", "--client", "curl"], "'curl' is not one of 'httptools', 'h11', 'httpx'"),
 ])
 def test_command_line_mistakes_are_one_line_exit_2(serve_run, cli, args, message):

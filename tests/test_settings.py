@@ -68,3 +68,46 @@ def test_shipped_settings_toml_lists_every_key_and_loads():
         body = text.split(f"[{section}]", 1)[1].split("\n[", 1)[0]
         for key in model.annotation.model_fields:
             assert re.search(rf"^#? ?{key} = ", body, re.M), f"{section}.{key} missing"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[train]\nepochs = true\n", "invalid setting train.epochs = True"),
+    ("[train]\nlr = false\n", "invalid setting train.lr = False"),
+    ("[prepare]\nval_users = true\n", "invalid setting prepare.val_users = True"),
+])
+def test_a_boolean_is_not_a_number(tmp_path, text, message):
+    config = tmp_path / "s.toml"
+    config.write_text(text)
+    with pytest.raises(VaecfError, match=re.escape(message) + ".*not true/false"):
+        load_settings(config)
+
+
+def test_booleans_still_set_boolean_settings(tmp_path):
+    config = tmp_path / "s.toml"
+    config.write_text("[prepare]\nheader = false\n")
+    assert load_settings(config).prepare.header is False
+
+
+def test_an_unknown_section_in_the_environment_is_named(monkeypatch):
+    monkeypatch.setenv("VAECF_BOGUS__X", "1")
+    with pytest.raises(VaecfError, match=r"^environment variable VAECF_BOGUS__X: unknown "
+                                         r"settings section 'bogus' \(sections: prepare"):
+        load_settings()
+
+
+def test_a_bad_environment_value_names_the_variable_and_value(monkeypatch):
+    monkeypatch.setenv("VAECF_EVALUATE__KS", "abc")
+    with pytest.raises(VaecfError, match=r"^environment variable VAECF_EVALUATE__KS = 'abc': "):
+        load_settings()
+    monkeypatch.setenv("VAECF_EVALUATE__KS", "[20, 100]")
+    monkeypatch.setenv("VAECF_TRAIN__EPOCHS", "abc")
+    with pytest.raises(VaecfError, match=re.escape(
+            "invalid setting train.epochs = 'abc' (from environment variable "
+            "VAECF_TRAIN__EPOCHS)")):
+        load_settings()
+
+
+def test_other_vaecf_variables_are_not_settings(monkeypatch):
+    monkeypatch.setenv("VAECF_TEST_KEY", "k-123")   # e.g. serve --api-key-env
+    monkeypatch.setenv("VAECF_EVALUATE__KS", "[20, 100]")
+    assert load_settings().evaluate.ks == [20, 100]

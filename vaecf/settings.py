@@ -7,25 +7,48 @@ Precedence (highest first): command-line flag > environment ``VAECF_<SECTION>__<
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings.exceptions import SettingsError
 
 from vaecf.errors import VaecfError
 
 BackendChoice = Literal["auto", "cpu", "gpu"]
 
 
+ENV_PREFIX = "VAECF_"
+
+
 class _Section(BaseModel):
     # No setting may be nan or ±inf: `--lr inf` would train to NaN weights "successfully".
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """`epochs = true` in TOML is a boolean, which pydantic would take as 1: refuse a
+        boolean wherever the setting is not one (strict mode cannot be used instead: values
+        from the environment arrive as text)."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and bool not in (annotation, *get_args(annotation)):
+            raise ValueError("must be a number or text, not true/false")
+        return value
 
 
 class PrepareSettings(_Section):
@@ -143,7 +166,7 @@ class Settings(BaseSettings):
     """Every setting vaecf reads, one section per stage."""
 
     model_config = SettingsConfigDict(
-        env_prefix="VAECF_", env_nested_delimiter="__", extra="forbid", toml_file=None
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", toml_file=None
     )
 
     prepare: PrepareSettings = PrepareSettings()
@@ -175,13 +198,57 @@ LEGACY_VALUES: dict[str, dict[str, Any]] = {
 }
 
 
+def _env_settings() -> dict[str, str]:
+    """The environment's ``VAECF_<SECTION>__<KEY>`` variables, by name (other ``VAECF_``
+    variables, such as an API key's, are not settings)."""
+    return {name: value for name, value in os.environ.items()
+            if name.upper().startswith(ENV_PREFIX) and "__" in name}
+
+
+def _check_env_sections() -> None:
+    """An unknown section in a variable's name is as wrong as an unknown key in a known one
+    (which pydantic refuses), instead of being silently ignored."""
+    sections = list(Settings.model_fields)
+    for name in _env_settings():
+        section = name[len(ENV_PREFIX):].split("__", 1)[0].lower()
+        if section not in sections:
+            raise VaecfError(f"environment variable {name}: unknown settings section "
+                             f"{section!r} (sections: {', '.join(sections)})")
+
+
+def _env_source(section: str, key: str | None = None) -> str | None:
+    """The environment variable that set ``section`` (``.key``), if one did."""
+    wanted = f"{ENV_PREFIX}{section}" + (f"__{key}" if key else "")
+    for name in _env_settings():
+        if name.upper() == wanted.upper() or (key is None and name.upper().startswith(
+                wanted.upper() + "__")):
+            return name
+    return None
+
+
 def _describe(error: ValidationError, config: Path | None) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
+    loc = [str(part) for part in first["loc"]]
+    key = ".".join(loc)
     value = first.get("input")
-    where = f" (from {config})" if config is not None else ""
+    variable = _env_source(loc[0], loc[1]) if len(loc) > 1 else None
+    if variable is not None:
+        where = f" (from environment variable {variable})"
+    else:
+        where = f" (from {config})" if config is not None else ""
     shown = "" if isinstance(value, dict) else f" = {value!r}"
     return f"invalid setting {key}{shown}{where}: {first['msg']}"
+
+
+def _describe_env(error: SettingsError) -> str:
+    """pydantic-settings' "error parsing value for field X from source EnvSettingsSource",
+    with the variable and its value named."""
+    text = str(error)
+    for section in Settings.model_fields:
+        if f'field "{section}"' in text and (name := _env_source(section)) is not None:
+            return (f"environment variable {name} = {os.environ[name]!r}: cannot be read as "
+                    "this setting's type (lists are written as JSON, e.g. [20, 100])")
+    return f"cannot read the settings from the environment: {text}"
 
 
 def load_settings(config: Path | None = None, **flags: dict[str, Any]) -> Settings:
@@ -207,9 +274,12 @@ def load_settings(config: Path | None = None, **flags: dict[str, Any]) -> Settin
     class _FromFile(Settings):
         model_config = SettingsConfigDict(toml_file=config)
 
+    _check_env_sections()
     try:
         return _FromFile(**{section: values for section, values in given.items() if values})
     except ValidationError as error:
         raise VaecfError(_describe(error, config)) from None
+    except SettingsError as error:   # an environment value that is not of the field's type
+        raise VaecfError(_describe_env(error)) from None
     except (OSError, ValueError) as error:  # unreadable or malformed TOML
         raise VaecfError(f"--config {config}: {error}") from None

@@ -82,7 +82,8 @@ def serve(
                                    ("--max-wait-ms", max_wait_ms, 0, 1000),
                                    ("--max-queue", max_queue, 1, None),
                                    ("--top-k", top_k, 1, MAX_K), ("--workers", workers, 1, 64)):
-        if value < low or (high is not None and value > high):
+        # `not low <= value`: nan compares false with everything, so it is refused too.
+        if not low <= value or (high is not None and value > high):
             bounds = f"at least {low}" if high is None else f"from {low} to {high}"
             raise VaecfError(f"{flag} {value:g}: must be {bounds}")
     if workers > 1 and not sys.platform.startswith("linux"):
