@@ -467,10 +467,15 @@ def test_a_failed_model_call_is_a_json_500_and_the_server_goes_on(serve_run):
     assert _value(metrics, 'vaecf_http_requests_total{endpoint="/v1/recommend",status="500"}') == 1
 
 
-@pytest.mark.parametrize(("client", "workers"), [("h11", 1), ("httptools", 1), ("httptools", 2)])
-def test_bench_serve_runs_end_to_end(serve_run, tmp_path, cli, client, workers):
+@pytest.mark.parametrize(("client", "workers", "relative"),
+                         [("h11", 1, True), ("httptools", 1, False), ("httptools", 2, False)])
+def test_bench_serve_runs_end_to_end(serve_run, tmp_path, cli, client, workers, relative,
+                                     monkeypatch):
     out = tmp_path / "serve.json"
-    result = cli("bench", "serve", "--run", serve_run, "--concurrency", "1,4",
+    if relative:   # the server child runs elsewhere: a relative --run must still be found
+        monkeypatch.chdir(serve_run.parent)
+    run = Path(serve_run.name) if relative else serve_run
+    result = cli("bench", "serve", "--run", run, "--concurrency", "1,4",
                  "--requests", "60", "--client", client, "--workers", workers, "--json", out)
     assert result.code == 0, result.err
     r = json.loads(out.read_text())

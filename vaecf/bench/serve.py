@@ -87,7 +87,9 @@ class Server:
         environ["PYTHONPATH"] = os.pathsep.join(
             [root, *filter(None, environ.get("PYTHONPATH", "").split(os.pathsep))])
         environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        self.command = [sys.executable, "-m", "vaecf", "serve", "--run", str(run), "--port", "0",
+        # The server runs from the package's root: a relative --run is made absolute here.
+        self.command = [sys.executable, "-m", "vaecf", "serve", "--run",
+                        str(Path(run).resolve()), "--port", "0",
                         *(args or [])]
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, env=environ,
