@@ -57,6 +57,13 @@ CEILING_ROWS = 4096
 log = logging.getLogger("vaecf")
 
 
+def synthetic_paths(workdir: Path, n_items: int = 20_000) -> list[Path]:
+    """What :func:`synthetic_run` builds in ``workdir`` and then reads: the run, its CSV and its
+    dataset (no output of the benchmark may be one of them)."""
+    return [workdir / f"inference-run-{n_items}", workdir / f"inference-{n_items}.csv",
+            workdir / f"inference-data-{n_items}"]
+
+
 def synthetic_run(workdir: Path, n_items: int = 20_000) -> Path:
     """A run of the default architecture on ~``n_items`` items (those the split keeps), trained
     one epoch on 1M synthetic interactions of 10,000 users; reused when already built."""
@@ -67,14 +74,13 @@ def synthetic_run(workdir: Path, n_items: int = 20_000) -> Path:
     from vaecf.settings import PrepareSettings, Settings
     from vaecf.training.loop import train
 
-    run = workdir / f"inference-run-{n_items}"
+    run, source, data = synthetic_paths(workdir, n_items)
     try:
         if RunDir.open(run).best is not None:
             return run
     except VaecfError:
         pass
     make_directory(workdir, "--workdir")
-    source, data = workdir / f"inference-{n_items}.csv", workdir / f"inference-data-{n_items}"
     log.info(f"building {run}: 1M synthetic interactions, {n_items:,} items, 1 training epoch...")
     write_ratings_csv(source, 1_000_000, 10_000, n_items)
     prepare([str(source)], data, PrepareSettings(), cpu_backend(), force=True, quiet=True)

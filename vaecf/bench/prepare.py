@@ -28,13 +28,31 @@ from vaecf.bench.synthetic import ML20M_SHAPE
 log = logging.getLogger("vaecf")
 
 
+SINGLE, DASK = "prepared", "prepared-dask"   # the datasets run() writes in the workdir
+
+
+def _source(workdir: Path, rows: int) -> Path:
+    return workdir / f"synthetic-{rows}.csv"
+
+
+def _timings(out: Path) -> Path:
+    return out.with_name(out.name + "-timings.json")
+
+
+def work_paths(workdir: Path, rows: int) -> list[Path]:
+    """What :func:`run` reads and writes in ``workdir`` for ``rows`` rows (no other output of
+    the benchmark may be one of them): the cached CSV, the datasets and their timings."""
+    outs = [workdir / SINGLE, workdir / DASK]
+    return [_source(workdir, rows), *outs, *map(_timings, outs)]
+
+
 def synthetic_file(workdir: Path, rows: int) -> Path:
     """The cached synthetic CSV of about ``rows`` rows (users and items scale with it)."""
     make_directory(workdir, "--workdir")
     scale = rows / ML20M_SHAPE["rows"]
     n_users = max(100, round(ML20M_SHAPE["users"] * scale))
     n_items = max(100, round(ML20M_SHAPE["items"] * min(1.0, scale * 4)))
-    source = workdir / f"synthetic-{rows}.csv"
+    source = _source(workdir, rows)
     if not source.exists():
         log.info(f"generating {source} ({rows:,} rows, {n_users:,} users, {n_items:,} items)...")
         # In a child process: a child's peak RSS starts from its parent's at the fork, so
@@ -54,7 +72,7 @@ def _digests(directory: Path) -> dict[str, str]:
 def prepare_once(source: Path, out: Path, backend: str, dask: list[str] | None) -> dict[str, Any]:
     """One ``vaecf prepare`` child process on ``source``; its figures."""
     shutil.rmtree(out, ignore_errors=True)
-    timings = out.with_name(out.name + "-timings.json")
+    timings = _timings(out)
     command = [sys.executable, "-m", "vaecf", "prepare", str(source), "--rating-col", "rating",
                "--min-rating", "3.5", "--out", str(out), "--backend", backend, "--quiet",
                "--force", "--timings", str(timings), *(["--dask", *dask] if dask is not None
@@ -87,15 +105,15 @@ def run(workdir: Path, rows: int, backend: str = "cpu",
     source = synthetic_file(workdir, rows)
     result: dict[str, Any] = {"file_mb": source.stat().st_size / 1e6}
     if dask is None or single:
-        result["single"] = prepare_once(source, workdir / "prepared", backend, None)
+        result["single"] = prepare_once(source, workdir / SINGLE, backend, None)
     if dask is not None:
-        result["dask"] = prepare_once(source, workdir / "prepared-dask", backend, dask)
+        result["dask"] = prepare_once(source, workdir / DASK, backend, dask)
         result["dask"]["flags"] = dask
         if single:
             result["dask"]["of_single"] = (result["dask"]["rows_per_s"]
                                            / result["single"]["rows_per_s"])
-            result["identical"] = (_digests(workdir / "prepared")
-                                   == _digests(workdir / "prepared-dask"))
+            result["identical"] = (_digests(workdir / SINGLE)
+                                   == _digests(workdir / DASK))
     result["rows"] = (result.get("single") or result["dask"])["rows"]
     if single:   # the bare read holds the whole table: skipped with the single path
         import pyarrow.csv as pacsv

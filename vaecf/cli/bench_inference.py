@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from vaecf.cli.common import bench_app, summary
+from vaecf.cli.common import bench_app, run_inputs, summary
 
 HELP = """Serving speed of a trained run on this machine: large-batch throughput (users/s, top-k
 included) as a fraction of the measured matmul FLOP ceiling, and single-user latency
@@ -46,17 +46,16 @@ def bench_inference(
 ) -> None:
     from rich.table import Table
 
-    from vaecf.atomic import check_writable, write_text
+    from vaecf.atomic import check_outputs, write_text
     from vaecf.bench.inference import run as run_bench
-    from vaecf.bench.inference import synthetic_run
+    from vaecf.bench.inference import synthetic_paths, synthetic_run
     from vaecf.errors import VaecfError
     from vaecf.progress import console
 
-    check_writable(json_out, "--json")
-
-
     if (run is None) == (not synthetic):
         raise VaecfError("give exactly one of --run RUN or --synthetic")
+    check_outputs({"--json": json_out},
+                  synthetic_paths(workdir) if synthetic else run_inputs(run))
     if synthetic:
         run = synthetic_run(workdir)
     r = run_bench(run, batch_size, top_k, single_calls, precision=precision)

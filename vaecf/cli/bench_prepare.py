@@ -38,8 +38,9 @@ def bench_prepare(
     shuffle: Annotated[Literal["tasks", "p2p"] | None, typer.Option(
         "--shuffle", help="--dask: dask's shuffle method.", show_default="prepare's")] = None,
     single: Annotated[bool, typer.Option(
-        "--single/--no-single", metavar="", help="With --dask, also run the single-process path (and the "
-        "bare read) on the same file; --no-single for inputs too big for one process.")] = True,
+        "--single/--no-single", metavar="", help="With --dask, also run the single-process "
+        "path (and the bare read) on the same file; --no-single for inputs too big for one "
+        "process.")] = True,
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Also write the results to this JSON file.", dir_okay=False)] = None,
 ) -> None:

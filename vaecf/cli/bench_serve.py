@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from vaecf.cli.common import bench_app, summary
+from vaecf.cli.common import bench_app, run_inputs, summary
 
 HELP = (
     "The HTTP service under load: starts `vaecf serve` on a free loopback port, drives it with "
@@ -52,12 +52,12 @@ def bench_serve(
 ) -> None:
     from rich.table import Table
 
-    from vaecf.atomic import check_writable, write_text
+    from vaecf.atomic import check_outputs, write_text
     from vaecf.bench.serve import run as run_bench
     from vaecf.errors import VaecfError
     from vaecf.progress import console
 
-    check_writable(json_out, "--json")
+    check_outputs({"--json": json_out}, run_inputs(run))
     try:
         levels = [int(part) for part in concurrency.split(",") if part.strip()]
     except ValueError:

@@ -57,7 +57,7 @@ def bench_train(
     from rich.console import Console
     from rich.table import Table
 
-    from vaecf.atomic import check_writable, write_text
+    from vaecf.atomic import check_outputs, write_text
     from vaecf.bench.train import bench, synthetic_matrix
     from vaecf.data.dataset import Dataset
     from vaecf.errors import VaecfError
@@ -65,7 +65,7 @@ def bench_train(
     from vaecf.training.distributed import communicator
     from vaecf.training.launch import enter_job
 
-    check_writable(json_out, "--json")
+    check_outputs({"--json": json_out}, [data, config])
 
     try:
         sizes = [int(part) for part in batch_size.split(",") if part.strip()]

@@ -119,3 +119,18 @@ def summary(help_text: str) -> str:
     """The first paragraph of a command's help on one line, for the command list (Typer keeps
     the hard line breaks of the source there)."""
     return " ".join(help_text.strip().split("\n\n")[0].split())
+
+
+def run_inputs(run: Path | None) -> list[Path]:
+    """What a command reading run directory ``run`` reads: the run, and the dataset it records
+    (test's default --data; bench inference and bench serve sample users from it), as inputs
+    for :func:`vaecf.atomic.check_outputs`."""
+    from vaecf.errors import VaecfError
+    from vaecf.model.rundir import RunDir
+
+    if run is None:
+        return []
+    try:
+        return [run, RunDir.open(run).dataset_path]
+    except VaecfError:   # not a usable run: the command itself says why, after the guard
+        return [run]

@@ -31,9 +31,11 @@ def export(
                          ] = "fp32",
     quiet: QuietOption = False,
 ) -> None:
+    from vaecf.atomic import check_outputs
     from vaecf.progress import Steps, console
     from vaecf.serving.export import export as run_export
 
+    check_outputs({}, [run], {"--out": out})
     with Steps(quiet) as steps, steps.step(f"exporting {run} to {out}"):
         info = run_export(run, out, top_k, force, precision)
     if not quiet:

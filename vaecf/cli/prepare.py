@@ -113,13 +113,14 @@ def prepare(
 ) -> None:
     import json
 
-    from vaecf.atomic import check_writable, write_text
+    from vaecf.atomic import check_outputs, write_text
     from vaecf.backend import select_backend
     from vaecf.cli.tables import dataset_table
     from vaecf.data.blocks import parse_blocksize
     from vaecf.data.dask_cluster import DaskOptions, peak_rss_gb
     from vaecf.data.prepare import EXAMPLES
     from vaecf.data.prepare import prepare as run_prepare
+    from vaecf.data.readers import expand_inputs
     from vaecf.errors import VaecfError
     from vaecf.progress import console
     from vaecf.settings import load_settings
@@ -143,7 +144,7 @@ def prepare(
         raise VaecfError("no input: give FILES or --example movielens-small")
     cfg = load_settings(config, prepare=flags).prepare
     quiet_logging(quiet)
-    check_writable(timings, "--timings")
+    check_outputs({"--timings": timings}, [*expand_inputs(files), config], {"--out": out})
     options = None
     if dask or scheduler is not None:
         options = DaskOptions(scheduler=scheduler, workers=workers, worker_memory=worker_memory,

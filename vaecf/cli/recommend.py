@@ -62,7 +62,7 @@ def recommend(
     from rich.console import Console
     from rich.text import Text
 
-    from vaecf.atomic import check_apart, check_writable, write_text
+    from vaecf.atomic import check_outputs, write_text
     from vaecf.cli.tables import to_table
     from vaecf.errors import VaecfError
     from vaecf.model.rundir import RunDir
@@ -93,9 +93,7 @@ def recommend(
     output_format = output_format or "table"
     if input_file is not None and not input_file.is_file():
         raise VaecfError(f"--input: file not found: {input_file}")
-    if output is not None:
-        check_apart(output, [run, *([input_file] if input_file else [])], "--output")
-        check_writable(output, "--output")
+    check_outputs({"--output": output}, [run, input_file, item_names])
     run_dir = RunDir.open(run)
     item_map = ItemMap(run_dir.item_ids)
     spec = input_columns(run_dir)

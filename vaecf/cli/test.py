@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from vaecf.cli.common import BackendOption, ConfigOption, app, summary
+from vaecf.cli.common import BackendOption, ConfigOption, app, run_inputs, summary
 
 HELP = """Rank the held-out users' items with a run's best weights and print NDCG@k and
 Recall@k, beside the popularity and EASE baselines on the same users (fold-in items
@@ -41,7 +41,7 @@ def test(
     from rich.console import Console
     from rich.table import Table
 
-    from vaecf.atomic import check_writable, write_text
+    from vaecf.atomic import check_outputs, write_text
     from vaecf.backend import select_backend
     from vaecf.errors import VaecfError
     from vaecf.evaluation.metrics import metric_names
@@ -49,7 +49,7 @@ def test(
     from vaecf.model.registry import kind
     from vaecf.settings import load_settings
 
-    check_writable(json_out, "--json")
+    check_outputs({"--json": json_out}, [*run_inputs(run), data, config])
 
     try:
         ks = None if k is None else [int(part) for part in k.split(",") if part.strip()]

@@ -145,6 +145,7 @@ def train(
 ) -> None:
     import logging
 
+    from vaecf.atomic import check_outputs
     from vaecf.cli.tables import summary_table
     from vaecf.data.dataset import Dataset
     from vaecf.errors import VaecfError
@@ -158,6 +159,9 @@ def train(
     quiet_logging(quiet)
     if resume and force:
         raise VaecfError("give either --resume or --force, not both")
+    # Before launching ranks; the run in --out (read by --resume) is an output here, so a
+    # --log-json inside it is refused too.
+    check_outputs({"--log-json": log_json}, [data, config], {"--out": out})
 
     model_flags = dict(name=model, hidden=hidden, latent=latent, dropout=dropout,
                        activation=activation, noise_std=noise_std)

@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from vaecf.atomic import (
-    check_apart,
+    check_outputs,
     check_target,
-    check_writable,
     commit_directory,
+    follow,
     write_text,
 )
 from vaecf.backend import Backend
@@ -189,8 +189,12 @@ class _Session:
         self.history.append(record)
         self.view.epoch_done(record, improved)
         if self.log_file:
-            self.log_file.write(json.dumps(record) + "\n")
-            self.log_file.flush()
+            try:
+                self.log_file.write(json.dumps(record) + "\n")
+                self.log_file.flush()
+            except OSError as error:   # a full disk, or /dev/full: say which file
+                raise VaecfError(f"--log-json {self.log_file.name}: cannot write "
+                                 f"({error.strerror or error})") from None
         if comm.allreduce_sum(float(stop)) > 0:
             self.status = "early-stopped"
         if comm.is_chief and self.status == "running" and p.epoch % t.checkpoint_every == 0:
@@ -229,8 +233,7 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
     """
     comm = comm or communicator()
     backend.configure_tensorflow()
-    check_apart(out, [data])
-    check_writable(log_json, "--log-json")
+    check_outputs({"--log-json": log_json}, [data], {"--out": out})
     dataset = Dataset.open(data)
     chief = comm.is_chief
     run: RunDir | None = None
@@ -245,7 +248,8 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
     else:
         check_target(out, force, "run directory", marker=RUN_JSON, kind="vaecf run directory")
         if out.exists():   # --force: the old run stays until the new one is done
-            target = out.parent / f".{out.name}.tmp-{os.getpid()}"
+            real = follow(out)   # built beside a symlink's target, which commit replaces
+            target = real.parent / f".{real.name}.tmp-{os.getpid()}"
     rows = backend.csr(dataset.train_rows_for_rank(comm.rank, comm.size))
     total_rows = int(round(comm.allreduce_sum(float(rows.shape[0]))))
     steps = steps_per_epoch(total_rows, comm.size, settings.train.batch_size)
@@ -319,8 +323,9 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
             shutil.rmtree(target, ignore_errors=True)
         raise
     finally:
-        if log_file:
-            log_file.close()
+        if log_file:   # every record was flushed: a close error repeats a reported one
+            with contextlib.suppress(OSError):
+                log_file.close()
     return run if chief else None
 
 
