@@ -111,3 +111,21 @@ def test_other_vaecf_variables_are_not_settings(monkeypatch):
     monkeypatch.setenv("VAECF_TEST_KEY", "k-123")   # e.g. serve --api-key-env
     monkeypatch.setenv("VAECF_EVALUATE__KS", "[20, 100]")
     assert load_settings().evaluate.ks == [20, 100]
+
+
+@pytest.mark.parametrize(("section", "values", "key"), [
+    ("train", {"epochs": 2 ** 64}, "train.epochs"),
+    ("prepare", {"seed": 10 ** 20}, "prepare.seed"),
+    ("evaluate", {"ks": [20, 10 ** 20]}, "evaluate.ks"),
+])
+def test_whole_numbers_beyond_int64_are_refused(section, values, key):
+    """They would overflow in NumPy or TensorFlow later (`test --k 99999999999999999999` was
+    an OverflowError traceback)."""
+    with pytest.raises(VaecfError, match=re.escape(f"invalid setting {key}") + ".*below 2\\*\\*63"):
+        load_settings(None, **{section: values})
+
+
+def test_test_k_beyond_int64_is_one_line(cli, tmp_path):
+    result = cli("test", "--run", tmp_path / "nowhere", "--k", "99999999999999999999")
+    assert result.code == 2 and result.err.count("\n") == 1, result.err
+    assert "invalid setting evaluate.ks" in result.err and "below 2**63" in result.err

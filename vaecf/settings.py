@@ -50,6 +50,17 @@ class _Section(BaseModel):
             raise ValueError("must be a number or text, not true/false")
         return value
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int64(cls, value: Any) -> Any:
+        """Whole numbers end up in NumPy and TensorFlow as int64: beyond it, a setting would
+        crash there (OverflowError) instead of being refused here."""
+        for number in value if isinstance(value, list) else [value]:
+            if isinstance(number, int) and not isinstance(number, bool) and \
+                    not -(2 ** 63) <= number < 2 ** 63:
+                raise ValueError(f"must be below 2**63 = {2 ** 63:,}")
+        return value
+
 
 class PrepareSettings(_Section):
     """``vaecf prepare``: reading, filtering and splitting an interaction file."""
