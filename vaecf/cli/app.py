@@ -40,9 +40,10 @@ def main() -> None:
     # Typer vendors Click; its UsageError (bad or missing flags and values) has no public alias.
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
-    # TensorFlow's C++ INFO lines (CPU feature notices) are noise on every command; warnings and
-    # errors still show. A user's own setting wins.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # TensorFlow's C++ INFO lines (CPU feature notices) are noise on every command, and its
+    # WARNING lines repeat what vaecf reports as one error line (a full disk during a save);
+    # TF's C++ errors still show. A user's own setting wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     signal.signal(signal.SIGINT, signal.default_int_handler)   # see vaecf/cli/__init__.py
     install_logging()
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from vaecf.atomic import atomic_directory, check_apart, check_target
-from vaecf.errors import VaecfError
+from vaecf.errors import VaecfError, printable
 
 SIGNATURE = "serving_default"
 
@@ -98,11 +98,23 @@ def export(run_path: Path, out: Path, k: int = 100, force: bool = False,
             "n_items": len(item_ids), "item_id_type": str(run.item_ids.type),
             "signature": SIGNATURE, "best": run.best, "precision": precision}
     module = _serving_module(model, item_ids, info["top_k"])
-    with atomic_directory(out, force) as tmp:
-        tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve})
-        extra = tmp / "assets.extra"
-        extra.mkdir()
-        (extra / "vaecf.json").write_text(json.dumps(info, indent=2) + "\n",
-                                          encoding="utf-8")
+    try:
+        with atomic_directory(out, force) as tmp:
+            tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve})
+            extra = tmp / "assets.extra"
+            extra.mkdir()
+            (extra / "vaecf.json").write_text(json.dumps(info, indent=2) + "\n",
+                                              encoding="utf-8")
+    except (OSError, tf.errors.OpError) as error:   # a full disk: TF's own error for its files
+        raise VaecfError(f"cannot write export {printable(out)}: {_reason(error)}; nothing "
+                         "was written") from None
     return {"out": str(out), **info}
+
+
+def _reason(error: BaseException) -> str:
+    """The system's reason in an OS or TensorFlow error, without TF's op and file names."""
+    if isinstance(error, OSError):
+        return printable(error.strerror or str(error))
+    text = str(getattr(error, "message", error))
+    return printable(text.rsplit("; ", 1)[-1].split(" [Op:")[0].strip(), 200)
 

@@ -321,6 +321,10 @@ def train(settings: Settings, data: Path, out: Path, backend: Backend, *, resume
     except BaseException:
         if chief and target != out:
             shutil.rmtree(target, ignore_errors=True)
+        elif chief and not resume and run is not None and run.meta["checkpoint"] is None:
+            # A new run that failed (a full disk, say) before its first checkpoint holds no
+            # weights: leaving it would only take the space and block a plain rerun.
+            shutil.rmtree(out, ignore_errors=True)
         raise
     finally:
         if log_file:   # every record was flushed: a close error repeats a reported one
