@@ -401,7 +401,9 @@ def test_not_a_run_is_one_line_exit_2(tmp_path, cli):
     assert result.code == 2 and "not a vaecf run directory" in result.err
 
 
-def test_real_server_takes_its_key_from_the_environment_and_drains_on_sigterm(serve_run):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_real_server_takes_its_key_from_the_environment_and_drains_on_sigterm(serve_run, stop):
+    """SIGHUP (the terminal or ssh session closed) drains as SIGTERM does."""
     key = {"Authorization": "Bearer k-123"}
     with Server(serve_run, ["--max-batch", "1", "--api-key-env", "VAECF_TEST_KEY"],
                 env={"VAECF_TEST_KEY": "k-123"}) as running:
@@ -430,7 +432,7 @@ def test_real_server_takes_its_key_from_the_environment_and_drains_on_sigterm(se
                      "vaecf_queue_depth") < 1:
             assert time.monotonic() < deadline and thread.is_alive()
             time.sleep(0.005)
-        running.process.send_signal(signal.SIGTERM)
+        running.process.send_signal(stop)
         signalled = time.monotonic()
         thread.join(TIMEOUT)
         code = running.process.wait(TIMEOUT)

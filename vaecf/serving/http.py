@@ -25,12 +25,13 @@ When an API key is set, every path except ``/healthz``, ``/readyz``, ``/docs`` a
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import inspect
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -707,6 +708,17 @@ def serve(app: Service, sock: Any, on_listening: Callable[[str], None],
             state.draining = True
             super().handle_exit(sig, frame)
 
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # SIGHUP (the terminal or ssh session closed) drains like SIGTERM; uvicorn itself
+            # only listens to SIGINT and SIGTERM.
+            hangup = signal.signal(signal.SIGHUP, self.handle_exit)
+            try:
+                with super().capture_signals():
+                    yield
+            finally:
+                signal.signal(signal.SIGHUP, hangup)
+
         async def startup(self, sockets: list | None = None) -> None:
             await super().startup(sockets)
             if not self.should_exit:
@@ -722,7 +734,8 @@ def serve(app: Service, sock: Any, on_listening: Callable[[str], None],
     gc.freeze()
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with these
     # handlers in place that re-raise is a no-op, so a drained server exits 0.
-    previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, lambda *_: None)
+                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         Server(config).run(sockets=[sock])
     finally:

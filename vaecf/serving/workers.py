@@ -168,7 +168,9 @@ class Supervisor:
 
         shared = tempfile.mkdtemp(prefix="vaecf-serve-metrics-")
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": shared}
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # SIGHUP (the terminal or ssh session closed) drains like SIGTERM.
+        previous = {s: signal.signal(s, self._on_signal)
+                    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             self.workers = [Worker(self.spec, self.sock.fileno(), env) for _ in range(self.n)]
             if not self._wait_ready(self.workers):   # stopped while starting, as Ctrl-C
