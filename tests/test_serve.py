@@ -512,3 +512,57 @@ def test_item_ids_map_the_same_through_the_dict_and_through_index_in():
         large = item_map.columns(pa.array(tokens * (SMALL_LOOKUP // len(tokens) + 1)))
         np.testing.assert_array_equal(large[: len(tokens)], small)
         assert (small >= 0).any() and (small < 0).any()
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(serve_run):
+    """The first Ctrl-C drains; a second one, with a long request still in flight, stops the
+    server at once: exit 130, one line, no traceback."""
+    with Server(serve_run, ["--max-batch", "1"]) as running:
+        body = {"users": [{"items": user_items(1 + i % 50)} for i in range(600)], "k": 5}
+        thread = threading.Thread(target=lambda: _ignore_errors(
+            lambda: post(running.url, "/v1/recommend:batch", body)))
+        thread.start()
+        deadline = time.monotonic() + TIMEOUT
+        while _value(httpx.get(running.url + "/metrics", timeout=TIMEOUT).text,
+                     "vaecf_queue_depth") < 1:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.005)
+        running.process.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        assert running.process.poll() is None, "the first Ctrl-C did not drain"
+        running.process.send_signal(signal.SIGINT)
+        code = running.process.wait(TIMEOUT)
+        thread.join(TIMEOUT)
+    err = "".join(running.stderr)
+    assert code == 130, err
+    assert "second Ctrl-C; stopped without finishing" in err and "Traceback" not in err
+
+
+def test_sigterm_while_loading_is_one_line(serve_run):
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    child = subprocess.Popen([sys.executable, "-m", "vaecf", "serve", "--run", str(serve_run),
+                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=ROOT)
+    # TensorFlow's library mapped: the command is past its checks and loading the model.
+    maps = Path(f"/proc/{child.pid}/maps")
+    deadline = time.monotonic() + TIMEOUT
+    while "libtensorflow" not in maps.read_text():
+        assert time.monotonic() < deadline and child.poll() is None, child.communicate()
+        time.sleep(0.01)
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=TIMEOUT)
+    assert "listening on" not in out, "the signal came after loading"
+    assert child.returncode == 128 + signal.SIGTERM, err
+    assert err.strip() == "vaecf serve: SIGTERM while loading; stopped", err
+
+
+def _ignore_errors(call) -> None:
+    """Run ``call``; the server stopping under it is what the test wants."""
+    import contextlib
+
+    with contextlib.suppress(httpx.HTTPError):
+        call()

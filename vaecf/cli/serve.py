@@ -116,6 +116,7 @@ def serve(
         raise VaecfError(f"{run}: the run has no best weights yet (no validation finished)")
     if top_k > run_dir.n_items:
         raise VaecfError(f"--top-k {top_k} is more than the model's {run_dir.n_items:,} items")
+    _stop_while_loading()
     sock = bind(host, port, listen=workers == 1)
     start = time.perf_counter()
     auth = (f"API key from ${api_key_env}" if api_key is not None
@@ -144,3 +145,18 @@ def serve(
     code = Supervisor(spec, sock, workers).run(listening)
     if code:
         raise typer.Exit(code)
+
+
+def _stop_while_loading() -> None:
+    """SIGTERM or SIGHUP while the model loads and warms up (before the server takes the
+    signals over): one line and exit 128 + the signal, instead of dying by it in silence."""
+    import signal
+    import sys
+
+    def stop(sig: int, frame: object) -> None:
+        print(f"vaecf serve: {signal.Signals(sig).name} while loading; stopped",
+              file=sys.stderr, flush=True)
+        raise SystemExit(128 + sig)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)

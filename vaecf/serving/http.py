@@ -30,6 +30,8 @@ import hmac
 import inspect
 import json
 import logging
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -703,6 +705,12 @@ def serve(app: Service, sock: Any, on_listening: Callable[[str], None],
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
+            if state.draining and sig == signal.SIGINT and announce_stop:
+                # A second Ctrl-C: stop now. uvicorn's own forced exit cancels the tasks in
+                # flight with a CancelledError traceback and exits 0.
+                print("vaecf serve: second Ctrl-C; stopped without finishing the requests in "
+                      "flight", file=sys.stderr, flush=True)
+                os._exit(130)
             if not state.draining and announce_stop:
                 print("vaecf serve: stopping; finishing the requests in flight", flush=True)
             state.draining = True
