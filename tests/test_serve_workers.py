@@ -174,3 +174,19 @@ def test_workers_refuse_a_port_another_server_shares(serve_run, cli):
     assert result.code == 2
     assert result.err.strip() == (f"error: cannot listen on 127.0.0.1:{port}: another server "
                                   "is listening there"), result.err
+
+
+def test_sighup_stops_the_supervisor_and_its_workers_cleanly(serve_run, tmp_path):
+    """The terminal or ssh session closing drains like SIGTERM: exit 0, no worker left, and
+    the metrics directory (in tmp_path via TMPDIR) removed."""
+    with Server(serve_run, ["--workers", "2"], env={"TMPDIR": str(tmp_path)}) as running:
+        workers = _workers(running.pid)
+        assert len(workers) == 2
+        assert len(list(tmp_path.glob("vaecf-serve-metrics-*"))) == 1
+        running.process.send_signal(signal.SIGHUP)
+        code = running.process.wait(TIMEOUT)
+        for worker in workers:
+            worker.wait(TIMEOUT)
+    assert code == 0, "".join(running.stderr)
+    assert "".join(running.stdout).count("finishing the requests in flight") == 1
+    assert list(tmp_path.glob("vaecf-serve-metrics-*")) == []
