@@ -34,15 +34,20 @@ def test_default_config_is_read_from_working_directory(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[train]\nepochs = 'many'\n", "invalid setting train.epochs = 'many'"),
-        ("[train]\nepoch = 3\n", "invalid setting train.epoch"),
-        ("[train\n", "s.toml"),
+        ("[train]\nepochs = 'many'\n", re.escape("invalid setting train.epochs = 'many'")),
+        ("[train]\nepoch = 3\n", re.escape("invalid setting train.epoch")),
+        ("[train\n", re.escape("s.toml")),
+        # A boolean is not a number.
+        ("[train]\nepochs = true\n", r"invalid setting train\.epochs = True.*not true/false"),
+        ("[train]\nlr = false\n", r"invalid setting train\.lr = False.*not true/false"),
+        ("[prepare]\nval_users = true\n",
+         r"invalid setting prepare\.val_users = True.*not true/false"),
     ],
 )
 def test_bad_config_is_named(tmp_path, text, message):
     config = tmp_path / "s.toml"
     config.write_text(text)
-    with pytest.raises(VaecfError, match=re.escape(message)):
+    with pytest.raises(VaecfError, match=message):
         load_settings(config)
 
 
@@ -68,18 +73,6 @@ def test_shipped_settings_toml_lists_every_key_and_loads():
         body = text.split(f"[{section}]", 1)[1].split("\n[", 1)[0]
         for key in model.annotation.model_fields:
             assert re.search(rf"^#? ?{key} = ", body, re.M), f"{section}.{key} missing"
-
-
-@pytest.mark.parametrize(("text", "message"), [
-    ("[train]\nepochs = true\n", "invalid setting train.epochs = True"),
-    ("[train]\nlr = false\n", "invalid setting train.lr = False"),
-    ("[prepare]\nval_users = true\n", "invalid setting prepare.val_users = True"),
-])
-def test_a_boolean_is_not_a_number(tmp_path, text, message):
-    config = tmp_path / "s.toml"
-    config.write_text(text)
-    with pytest.raises(VaecfError, match=re.escape(message) + ".*not true/false"):
-        load_settings(config)
 
 
 def test_booleans_still_set_boolean_settings(tmp_path):

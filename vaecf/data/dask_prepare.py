@@ -81,12 +81,6 @@ def _divisions(n_users: int, parts: int) -> list[int]:
     return [int(c) for c in cuts] if len(cuts) > 1 else [0, max(0, n_users - 1)]
 
 
-def _nothing_left(cfg: PrepareSettings) -> VaecfError:
-    return VaecfError(f"no interactions left after filtering (min_user_interactions="
-                      f"{cfg.min_user_interactions}, min_item_interactions="
-                      f"{cfg.min_item_interactions})")
-
-
 def _check_rows(plan: list[blocks.Block], counts: list[tuple[int, int]]) -> None:
     """A file read in blocks must have rows, as a file read whole."""
     rows: dict[str, int] = {}
@@ -112,8 +106,8 @@ def _read(client: Any, paths: list[Path], spec: ColumnSpec, cfg: PrepareSettings
         items = _tree(client, tasks.merge_ids, client.map(tasks.item_ids, encoded))
         n_users, n_items = client.gather([client.submit(tasks.count, users),
                                           client.submit(tasks.count, items)])
-        if n_users == 0:   # every row below --min-rating
-            raise _nothing_left(cfg)
+        # Every row below --min-rating: nothing to shuffle.
+        split.check_pairs_left(n_users, cfg.min_user_interactions, cfg.min_item_interactions)
         codes = client.map(tasks.encode_block, encoded, users=users, items=items,
                            backend_name=name)
         del encoded   # the blocks' own codes are freed once renumbered
@@ -158,8 +152,7 @@ def _split(client: Any, parts: list[Any], read: dict[str, Any], cfg: PrepareSett
         del parts, per_item
         counts = client.gather(client.map(tasks.kept_counts, kept, backend_name=name))
         n_pairs = sum(c[0] for c in counts)
-        if n_pairs == 0:
-            raise _nothing_left(cfg)
+        split.check_pairs_left(n_pairs, cfg.min_user_interactions, cfg.min_item_interactions)
         items_left = client.submit(tasks.n_positive, _tree(
             client, tasks.add, client.map(tasks.item_counts, kept, n_items=n_items,
                                           backend_name=name))).result()

@@ -73,11 +73,8 @@ def split_interactions(backend: Backend, enc: Encoded, cfg: PrepareSettings) -> 
     keep = split.count_filter(xp, users, items, n_users, n_items,
                               cfg.min_user_interactions, cfg.min_item_interactions)
     users, items = users[keep], items[keep]
-    if users.shape[0] == 0:
-        raise VaecfError(
-            f"no interactions left after filtering (min_user_interactions="
-            f"{cfg.min_user_interactions}, min_item_interactions={cfg.min_item_interactions})"
-        )
+    split.check_pairs_left(int(users.shape[0]), cfg.min_user_interactions,
+                           cfg.min_item_interactions)
     users, user_used = split.compact(xp, users, n_users)
     n_kept_users = int(user_used.sum())
     per_user = xp.bincount(users, minlength=n_kept_users)

@@ -89,6 +89,13 @@ def resolve_count(value: float, n_users: int, cap: int) -> int:
     return max(1, min(cap, round(value * n_users)))
 
 
+def check_pairs_left(n_pairs: int, min_user: int, min_item: int) -> None:
+    """Refuse filters that left nothing to split."""
+    if n_pairs == 0:
+        raise VaecfError(f"no interactions left after filtering (min_user_interactions="
+                         f"{min_user}, min_item_interactions={min_item})")
+
+
 def check_heldout(n_users: int, n_eligible: int, n_validation: int, n_test: int) -> None:
     """Refuse a split that cannot be made: every held-out user needs >= 2 interactions, and
     at least one user must be left for training."""
